@@ -1,0 +1,305 @@
+"""One config system: frozen dataclasses <- YAML + ``key=value`` overrides.
+
+Unknown keys and wrong types are rejected with the dotted key named; the resolved config is
+saved beside the results and its hash identifies a run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config key is unknown, mistyped or out of range; the message names the key."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    backbone: str = "local-dir:assets/tiny_clip"
+    pretrained: str = ""            # open_clip tag (openai, laion400m_e32) or a weights file
+    cache_dir: str = ""             # where open_clip keeps downloaded weights
+    allow_download: bool = False    # the default path never touches the network
+
+
+@dataclass(frozen=True)
+class ScenarioConfig:
+    dataset: str = "demo_shapes"
+    kind: str = "class_incremental"   # or "domain_incremental"
+    tasks: int = 5
+    name: str = ""                    # defaults to "<dataset>/<tasks>" or "<dataset>/dil"
+
+    @property
+    def label(self) -> str:
+        if self.name:
+            return self.name
+        return f"{self.dataset}/dil" if self.kind == "domain_incremental" else f"{self.dataset}/{self.tasks}"
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """The paper's recipe (design.md); ``epochs`` 0 means the dataset's default."""
+
+    lr: float = 1e-5
+    weight_decay: float = 0.1
+    batch_size: int = 128
+    epochs: int = 0
+    warmup_steps: int = 500
+    grad_clip: float = 1.0
+    loader_workers: int = 2
+    precision: str = "auto"          # auto: bf16 autocast on GPU, fp32 on CPU
+    start_from: str = "previous"     # previous (theta_t-1), zero (theta_0), first (theta_1): Table 6
+    lwf_lambda: float = 0.3
+    lwf_temperature: float = 2.0
+    ewc_lambda: float = 1e6
+    ewc_fisher_batches: int = 0      # 0: the whole task's training set
+
+
+@dataclass(frozen=True)
+class MergeConfig:
+    """Each method's lambda as in the paper (no per-method tuning)."""
+
+    magmax_lambda: float = 0.5
+    maxabs_lambda: float = 0.5
+    ties_lambda: float = 0.55
+    ties_top_k: float = 0.2
+    randmix_lambda: float = 1.0
+    sweep_lambdas: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(1, 21))
+    sweep_methods: tuple[str, ...] = ("magmax", "maxabs", "ties", "randmix", "task_arithmetic")
+    sign_conflict_top_k: float = 0.2
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    address: str = ""               # "" = RAY_ADDRESS or a fresh local cluster
+    num_workers: int = 1            # Ray Train workers per fine-tuning unit
+    use_gpu: str = "auto"           # auto | true | false
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 1.0
+    max_failures: int = 2
+    group_independent: bool = False  # one Train run for all independent tasks (saves start-up on small runs)
+    eval_cpus: float = 0.5
+
+
+@dataclass(frozen=True)
+class BenchmarkConfig:
+    name: str = "demo"
+    seed: int = 5
+    data_root: str = "data"
+    storage: str = "results"
+    demo_data: bool = False          # generate the demo world into data_root if missing
+    model: ModelConfig = field(default_factory=ModelConfig)
+    scenarios: tuple[ScenarioConfig, ...] = (ScenarioConfig(),)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    merge: MergeConfig = field(default_factory=MergeConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    methods: tuple[str, ...] = ("zero_shot", "joint", "seq_ft", "lwf", "ewc", "randmix", "maxabs",
+                                "avg", "ties", "magmax")
+    eval_batch_size: int = 512
+    max_eval_per_class: int = 0      # 0: the whole test set
+
+
+KNOWN_METHODS = ("zero_shot", "joint", "seq_ft", "ind_ft", "lwf", "ewc", "randmix", "maxabs", "avg",
+                 "ties", "magmax", "task_arithmetic", "lwf_magmax", "ewc_magmax")
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` (converting YAML lists to tuples)."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key}: expected a mapping for {tp.__name__}, got {type(value).__name__}")
+        return _build(tp, value, key)
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        inner = args[0]
+        return tuple(_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value))
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key}: {value!r} matches none of {tp}")
+    if tp is type(None):
+        if value is None:
+            return None
+        raise ConfigError(f"{key}: expected null, got {value!r}")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    raise ConfigError(f"{key}: unsupported type {_type_name(tp)}")
+
+
+def _build(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in names:
+            where = f"{prefix}.{key}" if prefix else key
+            raise ConfigError(f"unknown config key {where!r}; known keys here: {sorted(names)}")
+    kwargs = {}
+    for key, value in data.items():
+        where = f"{prefix}.{key}" if prefix else key
+        kwargs[key] = _coerce(value, hints[key], where)
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> Any:
+    """Plain (JSON/YAML-able) form of a config."""
+    if dataclasses.is_dataclass(cfg):
+        return {f.name: to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+    if isinstance(cfg, (list, tuple)):
+        return [to_dict(v) for v in cfg]
+    return cfg
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for i, part in enumerate(parts[:-1]):
+        if isinstance(node, list):
+            node = node[int(part)]
+            continue
+        if part not in node or not isinstance(node[part], (dict, list)):
+            node[part] = {}
+        node = node[part]
+    last = parts[-1]
+    if isinstance(node, list):
+        node[int(last)] = value
+    else:
+        node[last] = value
+
+
+def parse_overrides(overrides: Sequence[str]) -> list[tuple[str, Any]]:
+    """``key=value`` pairs; values are parsed as YAML (so ``lr=1e-4``, ``tasks=[5,10]`` work)."""
+    out = []
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        key, raw = item.split("=", 1)
+        value = yaml.safe_load(raw) if raw != "" else ""
+        if isinstance(value, float) and raw.strip().lower() in ("nan", ".nan"):
+            raise ConfigError(f"{key}: NaN is not a valid value")
+        out.append((key.strip(), value))
+    return out
+
+
+def validate(cfg: BenchmarkConfig) -> BenchmarkConfig:
+    """Range checks the type system cannot express, each naming its key."""
+    m = cfg.merge
+    for key in ("magmax_lambda", "maxabs_lambda", "ties_lambda", "randmix_lambda"):
+        lam = getattr(m, key)
+        if not 0.0 <= lam <= 2.0:
+            raise ConfigError(f"merge.{key}: lambda {lam} is outside [0, 2]")
+    for i, lam in enumerate(m.sweep_lambdas):
+        if not 0.0 <= lam <= 2.0:
+            raise ConfigError(f"merge.sweep_lambdas[{i}]: lambda {lam} is outside [0, 2]")
+    if not 0.0 < m.ties_top_k <= 1.0:
+        raise ConfigError(f"merge.ties_top_k: {m.ties_top_k} is outside (0, 1]")
+    for i, name in enumerate(cfg.methods):
+        if name not in KNOWN_METHODS:
+            raise ConfigError(f"methods[{i}]: unknown method {name!r}; known: {list(KNOWN_METHODS)}")
+    for i, s in enumerate(cfg.scenarios):
+        if s.kind not in ("class_incremental", "domain_incremental"):
+            raise ConfigError(f"scenarios[{i}].kind: {s.kind!r} is not class_incremental or domain_incremental")
+        if s.tasks < 1:
+            raise ConfigError(f"scenarios[{i}].tasks: must be >= 1, got {s.tasks}")
+    f = cfg.finetune
+    if f.lr <= 0:
+        raise ConfigError(f"finetune.lr: must be > 0, got {f.lr}")
+    if f.batch_size < 1:
+        raise ConfigError(f"finetune.batch_size: must be >= 1, got {f.batch_size}")
+    if f.precision not in ("auto", "fp32", "bf16", "fp16"):
+        raise ConfigError(f"finetune.precision: {f.precision!r} is not auto, fp32, bf16 or fp16")
+    if f.start_from not in ("previous", "zero", "first"):
+        raise ConfigError(f"finetune.start_from: {f.start_from!r} is not previous, zero or first")
+    if cfg.ray.use_gpu not in ("auto", "true", "false"):
+        raise ConfigError(f"ray.use_gpu: {cfg.ray.use_gpu!r} is not auto, true or false")
+    if cfg.ray.num_workers < 0:
+        raise ConfigError(f"ray.num_workers: must be >= 0, got {cfg.ray.num_workers}")
+    return cfg
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> BenchmarkConfig:
+    """Defaults <- YAML file <- overrides, type-checked and validated."""
+    tree: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of keys")
+        tree = loaded
+    if overrides:
+        # apply overrides on the full default tree so list entries (scenarios.0.tasks) resolve
+        base = to_dict(_build(BenchmarkConfig, tree))
+        for key, value in parse_overrides(overrides):
+            _check_path(key)
+            _set_dotted(base, key, value)
+        tree = base
+    return validate(_build(BenchmarkConfig, tree))
+
+
+def _check_path(dotted: str) -> None:
+    cls: Any = BenchmarkConfig
+    for part in dotted.split("."):
+        if cls is None:
+            return
+        if part.isdigit():
+            continue
+        if not dataclasses.is_dataclass(cls):
+            raise ConfigError(f"unknown config key {dotted!r}")
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        if part not in fields:
+            raise ConfigError(f"unknown config key {dotted!r}; known keys here: {sorted(fields)}")
+        tp = typing.get_type_hints(cls)[part]
+        if typing.get_origin(tp) is tuple:
+            tp = typing.get_args(tp)[0]
+        cls = tp if dataclasses.is_dataclass(tp) else None
+
+
+def config_hash(cfg: Any) -> str:
+    """A short stable hash of a config (or any config part)."""
+    blob = json.dumps(to_dict(cfg), sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def save_config(cfg: BenchmarkConfig, path: str | Path) -> Path:
+    """Write the resolved config as YAML, atomically."""
+    import os
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    os.replace(tmp, path)
+    return path
