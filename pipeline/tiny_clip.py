@@ -34,8 +34,8 @@ DEFAULT_DIR = Path(__file__).resolve().parent.parent / "assets" / "tiny_clip"
 
 @dataclass(frozen=True)
 class PretrainRecipe:
-    pairs: int = 40_000
-    steps: int = 1_500
+    pairs: int = 30_000
+    steps: int = 700
     batch_size: int = 256
     lr: float = 1e-3
     weight_decay: float = 0.1

@@ -1,0 +1,53 @@
+"""Run a benchmark: fine-tune on Ray Train, merge, sweep on Tune, write Parquet, tables and figures.
+
+    python jobs/run_benchmark.py                       # the embedded demo (configs/demo.yaml)
+    python jobs/run_benchmark.py --config configs/paper/table1.yaml data_root=/datasets storage=s3://bucket/runs
+    python jobs/run_benchmark.py finetune.lr=1e-4 merge.magmax_lambda=0.6
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from pipeline.config import ConfigError, load_config  # noqa: E402
+
+DEFAULT_CONFIG = ROOT / "configs" / "demo.yaml"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML config (default: the demo)")
+    parser.add_argument("--no-report", action="store_true", help="skip tables and figures")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. finetune.lr=1e-4")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as err:
+        print(f"config error: {err}", file=sys.stderr)
+        return 2
+
+    from pipeline.orchestration.runner import run_benchmark
+
+    summary = run_benchmark(cfg)
+    run_dir = Path(cfg.storage if "://" in cfg.storage else Path(cfg.storage).resolve()) / cfg.name
+    if not args.no_report:
+        from pipeline.report import write_report
+
+        paths = write_report(run_dir, run_dir / "report")
+        table = Path(paths["table.md"] if "table.md" in paths else run_dir / "report" / "table.md")
+        if table.is_file():
+            print(table.read_text())
+        print(f"report: {run_dir / 'report' / 'index.md'}")
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,570 @@
+"""Merging of task vectors: pure tensor functions and a registry.
+
+A task vector is ``dict[str, torch.Tensor]`` keyed by parameter name (floating entries only).
+Every function here works key by key, and the ones that combine T vectors element-wise accept
+``chunk_numel``: the flattened tensors are processed in slices of that many entries, so the
+temporaries grow with the slice, not with T x model size. Results never depend on the chunk size.
+
+Methods (``METHODS``): ``magmax`` (``maxabs`` is the same function applied to independently
+fine-tuned vectors, the paper's MaxAbs baseline), ``average``, ``task_arithmetic``,
+``random_mix``, ``ties``, ``kth_magnitude``. A new method is one function plus
+``register_method(name, fn)``.
+
+No Ray, no open_clip, no file I/O in this module.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
+
+import torch
+
+__all__ = [
+    "TaskVector",
+    "magmax",
+    "maxabs",
+    "RunningMagMax",
+    "average",
+    "task_arithmetic",
+    "random_mix",
+    "ties",
+    "kth_magnitude",
+    "trim_threshold",
+    "rescale_to_norm",
+    "apply_task_vector",
+    "METHODS",
+    "register_method",
+]
+
+TaskVector = dict[str, torch.Tensor]
+
+
+# --------------------------------------------------------------------------------------------
+# validation and iteration helpers
+
+
+def _check_chunk(chunk_numel: int | None) -> None:
+    if chunk_numel is not None and (not isinstance(chunk_numel, int) or chunk_numel < 1):
+        raise ValueError(f"chunk_numel must be a positive int or None, got {chunk_numel!r}")
+
+
+def _slices(numel: int, chunk_numel: int | None) -> Iterator[slice]:
+    if chunk_numel is None or chunk_numel >= numel:
+        yield slice(0, numel)
+        return
+    for start in range(0, numel, chunk_numel):
+        yield slice(start, min(start + chunk_numel, numel))
+
+
+def _flat(t: torch.Tensor) -> torch.Tensor:
+    # A view when contiguous; a copy only for non-contiguous inputs.
+    return t.detach().reshape(-1)
+
+
+def _check_floating(key: str, t: object) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise ValueError(f"task vector entry {key!r} is not a torch.Tensor (got {type(t).__name__})")
+    if not t.is_floating_point():
+        raise ValueError(f"task vector entry {key!r} has non-floating dtype {t.dtype}")
+
+
+def _check_compatible(ref: Mapping[str, torch.Tensor], tv: Mapping[str, torch.Tensor], idx: int) -> None:
+    missing = [k for k in ref if k not in tv]
+    if missing:
+        raise ValueError(f"task vector {idx} lacks key {missing[0]!r}")
+    extra = [k for k in tv if k not in ref]
+    if extra:
+        raise ValueError(f"task vector {idx} has unexpected key {extra[0]!r}")
+    for key, t in tv.items():
+        _check_floating(key, t)
+        r = ref[key]
+        if tuple(t.shape) != tuple(r.shape):
+            raise ValueError(
+                f"shape mismatch for key {key!r}: task vector {idx} has {tuple(t.shape)}, "
+                f"expected {tuple(r.shape)}"
+            )
+        if t.dtype != r.dtype:
+            raise ValueError(
+                f"dtype mismatch for key {key!r}: task vector {idx} has {t.dtype}, expected {r.dtype}"
+            )
+
+
+def _validate(tvs: Sequence[Mapping[str, torch.Tensor]]) -> list[str]:
+    """Check that tvs is a non-empty list of compatible task vectors; return the key order."""
+    if isinstance(tvs, Mapping):
+        raise ValueError("expected a sequence of task vectors, got a single mapping")
+    if len(tvs) == 0:
+        raise ValueError("need at least one task vector")
+    ref = tvs[0]
+    if not isinstance(ref, Mapping):
+        raise ValueError(f"task vector 0 is not a mapping (got {type(ref).__name__})")
+    for key, t in ref.items():
+        _check_floating(key, t)
+    for i, tv in enumerate(tvs[1:], start=1):
+        if not isinstance(tv, Mapping):
+            raise ValueError(f"task vector {i} is not a mapping (got {type(tv).__name__})")
+        _check_compatible(ref, tv, i)
+    return list(ref.keys())
+
+
+def _as_list(tvs: Sequence[Mapping[str, torch.Tensor]]) -> list[Mapping[str, torch.Tensor]]:
+    if isinstance(tvs, Mapping):
+        raise ValueError("expected a sequence of task vectors, got a single mapping")
+    return list(tvs)
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    # Half-precision inputs are accumulated in float32; float32/64 stay as they are.
+    return torch.promote_types(dtype, torch.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# MagMax
+
+
+@torch.no_grad()
+def _fold_max(cur: torch.Tensor, new: torch.Tensor) -> None:
+    """cur <- new where |new| >= |cur| (the later vector wins ties), in place."""
+    mask = new.abs() >= cur.abs()
+    torch.where(mask, new, cur, out=cur)
+
+
+@torch.no_grad()
+def magmax(tvs: Sequence[Mapping[str, torch.Tensor]], *, chunk_numel: int | None = None) -> TaskVector:
+    """Per element, the entry of largest magnitude across ``tvs``.
+
+    On equal magnitude the later task vector wins, so equal magnitude with opposite signs gives
+    the later sign. Applied to independently fine-tuned vectors this is the MaxAbs baseline.
+    """
+    tvs = _as_list(tvs)
+    keys = _validate(tvs)
+    _check_chunk(chunk_numel)
+    out: TaskVector = {}
+    for key in keys:
+        merged = tvs[0][key].detach().clone(memory_format=torch.contiguous_format)
+        flat = merged.view(-1)
+        for tv in tvs[1:]:
+            src = _flat(tv[key])
+            for sl in _slices(flat.numel(), chunk_numel):
+                _fold_max(flat[sl], src[sl])
+        out[key] = merged
+    return out
+
+
+maxabs = magmax
+
+
+class RunningMagMax:
+    """Constant-memory MagMax: fold task vectors in one at a time.
+
+    Holds one merged vector; ``add`` updates it in place in one pass over memory (temporaries are
+    at most one chunk of ``chunk_numel`` entries per parameter). Adding t1..tn gives exactly
+    ``magmax([t1..tn])``. The first ``add`` copies, so inputs may be read-only or shared.
+    """
+
+    def __init__(self, *, chunk_numel: int | None = None) -> None:
+        _check_chunk(chunk_numel)
+        self._chunk_numel = chunk_numel
+        self._value: TaskVector | None = None
+        self.count = 0
+
+    @classmethod
+    def from_value(
+        cls, value: Mapping[str, torch.Tensor], count: int, *, chunk_numel: int | None = None
+    ) -> "RunningMagMax":
+        """Resume from a persisted merged vector that already folds ``count`` task vectors."""
+        if count < 1:
+            raise ValueError(f"count must be >= 1 to resume from a value, got {count}")
+        obj = cls(chunk_numel=chunk_numel)
+        obj.add(value)
+        obj.count = int(count)
+        return obj
+
+    @torch.no_grad()
+    def add(self, tv: Mapping[str, torch.Tensor]) -> None:
+        """Fold one more task vector into the running maximum-magnitude merge."""
+        if not isinstance(tv, Mapping):
+            raise ValueError(f"task vector is not a mapping (got {type(tv).__name__})")
+        if self._value is None:
+            for key, t in tv.items():
+                _check_floating(key, t)
+            self._value = {
+                k: t.detach().clone(memory_format=torch.contiguous_format) for k, t in tv.items()
+            }
+        else:
+            _check_compatible(self._value, tv, self.count)
+            for key, cur in self._value.items():
+                flat = cur.view(-1)
+                src = _flat(tv[key])
+                for sl in _slices(flat.numel(), self._chunk_numel):
+                    _fold_max(flat[sl], src[sl])
+        self.count += 1
+
+    @property
+    def value(self) -> TaskVector:
+        """The merged vector. Its tensors are live: later ``add`` calls update them in place."""
+        if self._value is None:
+            raise ValueError("RunningMagMax is empty: add a task vector first")
+        return dict(self._value)
+
+
+# --------------------------------------------------------------------------------------------
+# Averaging-type merges
+
+
+@torch.no_grad()
+def _sum(tvs: list[Mapping[str, torch.Tensor]], keys: list[str], chunk_numel: int | None) -> TaskVector:
+    out: TaskVector = {}
+    for key in keys:
+        t0 = tvs[0][key].detach()
+        acc = t0.to(_acc_dtype(t0.dtype), memory_format=torch.contiguous_format, copy=True)
+        flat = acc.view(-1)
+        for tv in tvs[1:]:
+            src = _flat(tv[key])
+            for sl in _slices(flat.numel(), chunk_numel):
+                flat[sl].add_(src[sl])
+        out[key] = acc
+    return out
+
+
+@torch.no_grad()
+def task_arithmetic(
+    tvs: Sequence[Mapping[str, torch.Tensor]], *, chunk_numel: int | None = None
+) -> TaskVector:
+    """The sum of the task vectors (Task Arithmetic); λ scales it when applied."""
+    tvs = _as_list(tvs)
+    keys = _validate(tvs)
+    _check_chunk(chunk_numel)
+    acc = _sum(tvs, keys, chunk_numel)
+    return {k: acc[k].to(tvs[0][k].dtype) for k in keys}
+
+
+@torch.no_grad()
+def average(tvs: Sequence[Mapping[str, torch.Tensor]], *, chunk_numel: int | None = None) -> TaskVector:
+    """Mean of the task vectors (Model Soup / Avg): ``task_arithmetic(tvs) / len(tvs)``."""
+    tvs = _as_list(tvs)
+    keys = _validate(tvs)
+    _check_chunk(chunk_numel)
+    acc = _sum(tvs, keys, chunk_numel)
+    n = len(tvs)
+    return {k: acc[k].div_(n).to(tvs[0][k].dtype) for k in keys}
+
+
+def _key_seed(seed: int, key: str) -> int:
+    # Stable across processes and Python versions (unlike hash()).
+    digest = hashlib.sha256(f"{int(seed)}\x00{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+@torch.no_grad()
+def random_mix(
+    tvs: Sequence[Mapping[str, torch.Tensor]], seed: int = 0, *, chunk_numel: int | None = None
+) -> TaskVector:
+    """RandMix: each element is taken from one task vector chosen uniformly at random.
+
+    The choice is generated per tensor by a CPU ``torch.Generator`` seeded from ``(seed, key)``,
+    so the result for one key depends only on the seed and that key (not on key order, device or
+    chunk size) and is deterministic.
+    """
+    tvs = _as_list(tvs)
+    keys = _validate(tvs)
+    _check_chunk(chunk_numel)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"seed must be an int, got {seed!r}")
+    n = len(tvs)
+    out: TaskVector = {}
+    for key in keys:
+        merged = tvs[0][key].detach().clone(memory_format=torch.contiguous_format)
+        flat = merged.view(-1)
+        if n > 1:
+            gen = torch.Generator(device="cpu")
+            gen.manual_seed(_key_seed(seed, key))
+            choice = torch.randint(0, n, (flat.numel(),), generator=gen).to(flat.device)
+            for i, tv in enumerate(tvs[1:], start=1):
+                src = _flat(tv[key])
+                for sl in _slices(flat.numel(), chunk_numel):
+                    torch.where(choice[sl] == i, src[sl], flat[sl], out=flat[sl])
+        out[key] = merged
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# TIES
+
+
+def _common_dtype(tv: Mapping[str, torch.Tensor]) -> torch.dtype:
+    dt = torch.float32
+    for t in tv.values():
+        dt = torch.promote_types(dt, t.dtype)
+    return dt
+
+
+_INT_VIEW = {torch.float32: torch.int32, torch.float64: torch.int64}
+
+
+@torch.no_grad()
+def _kth_smallest_abs_radix(
+    tv: Mapping[str, torch.Tensor], k: int, dtype: torch.dtype, chunk_numel: int
+) -> torch.Tensor:
+    """Exact k-th smallest |entry| (1-based) with chunk-sized memory.
+
+    Radix select on the integer bit patterns of the non-negative floats (which order like the
+    floats), 11 bits per pass: 3 passes over float32 data, 6 over float64.
+    """
+    int_dtype = _INT_VIEW[dtype]
+    width = 32 if dtype == torch.float32 else 64
+    device = next(iter(tv.values())).device
+    digits_plan = []  # (shift, n_bits), most significant first
+    left = width
+    while left > 0:
+        n_bits = min(11, left)
+        left -= n_bits
+        digits_plan.append((left, n_bits))
+    prefix = 0
+    remaining = k
+    for shift, n_bits in digits_plan:
+        high = shift + n_bits
+        hist = torch.zeros(1 << n_bits, dtype=torch.int64, device=device)
+        for t in tv.values():
+            flat = _flat(t)
+            for sl in _slices(flat.numel(), chunk_numel):
+                bits = flat[sl].abs().to(dtype).view(int_dtype)
+                if high < width:
+                    bits = bits[(bits >> high) == prefix]
+                digits = ((bits >> shift) & ((1 << n_bits) - 1)).to(torch.int64)
+                hist += torch.bincount(digits, minlength=1 << n_bits)
+        cum = hist.cumsum(0)
+        digit = int(torch.searchsorted(cum, torch.tensor([remaining], device=device)).item())
+        if digit > 0:
+            remaining -= int(cum[digit - 1].item())
+        prefix = (prefix << n_bits) | digit
+    return torch.tensor([prefix], dtype=int_dtype).view(dtype)[0].to(device)
+
+
+@torch.no_grad()
+def trim_threshold(
+    tv: Mapping[str, torch.Tensor], top_k: float, *, chunk_numel: int | None = None
+) -> torch.Tensor | None:
+    """Magnitude threshold of TIES trimming over the whole flattened task vector.
+
+    Keeps the ``top_k`` fraction of entries by magnitude: with d entries and
+    n = max(1, int(d * top_k)), the threshold is the n-th largest |entry| and every entry with
+    |entry| >= threshold is kept, so exactly n entries survive unless several are tied at the
+    threshold (then all of those are kept). The TIES reference code thresholds at the
+    (d - n)-th smallest value, i.e. keeps one entry more; negligible at model scale, and we keep
+    the fraction that was asked for. Returns a 0-dim tensor (float32, or float64 for float64
+    vectors), or None when everything is kept.
+    """
+    if not (0.0 < float(top_k) <= 1.0):
+        raise ValueError(f"top_k must be in (0, 1], got {top_k!r}")
+    _check_chunk(chunk_numel)
+    d = sum(t.numel() for t in tv.values())
+    if d == 0:
+        raise ValueError("task vector has no entries")
+    n_keep = max(1, int(d * top_k))
+    if n_keep >= d:
+        return None
+    k = d - n_keep + 1  # n-th largest == k-th smallest
+    dtype = _common_dtype(tv)
+    if chunk_numel is None:
+        allabs = torch.cat([_flat(t).abs().to(dtype) for t in tv.values()])
+        return allabs.kthvalue(k).values
+    return _kth_smallest_abs_radix(tv, k, dtype, chunk_numel)
+
+
+def _kept(stack: torch.Tensor, thresholds: list[torch.Tensor | None], dtype: torch.dtype) -> torch.Tensor:
+    """Trimmed copy of a T x c slice in ``dtype``: entries below their task's threshold -> 0."""
+    vals = stack.to(dtype)
+    thr = torch.stack(
+        [
+            torch.tensor(-math.inf, dtype=dtype, device=vals.device) if t is None else t.to(vals.device, dtype)
+            for t in thresholds
+        ]
+    ).unsqueeze(1)
+    return torch.where(vals.abs() >= thr, vals, torch.zeros((), dtype=dtype, device=vals.device))
+
+
+def _seq_sum(x: torch.Tensor) -> torch.Tensor:
+    # Sum over tasks in a fixed order: torch's .sum(0) may reorder the additions depending on
+    # the slice width, which would make results depend on chunk_numel in the last bit.
+    acc = x[0].clone()
+    for row in x[1:]:
+        acc += row
+    return acc
+
+
+def _signed_mean(kept: torch.Tensor, sign: torch.Tensor) -> torch.Tensor:
+    agree = (kept * sign) > 0
+    total = _seq_sum(torch.where(agree, kept, torch.zeros((), dtype=kept.dtype, device=kept.device)))
+    return total / agree.sum(0).clamp(min=1).to(kept.dtype)
+
+
+@torch.no_grad()
+def ties(
+    tvs: Sequence[Mapping[str, torch.Tensor]],
+    top_k: float = 0.2,
+    *,
+    resolve_zero: str = "majority",
+    chunk_numel: int | None = None,
+) -> TaskVector:
+    """TIES-merging: trim, elect sign, disjoint mean.
+
+    1. Trim: per task, keep entries with |entry| >= that task's global threshold
+       (``trim_threshold``: top ``top_k`` fraction over the whole flattened vector, ties kept).
+    2. Elect: per element, the sign of the sum of kept values. Where that sum is exactly zero,
+       ``resolve_zero="majority"`` (the TIES/MagMax reference code) uses the sign held by most
+       elected elements of the whole vector; ``"zero"`` leaves the element at 0. If that
+       majority is itself a tie the element stays 0 (the reference code would then keep the
+       negative entries, an artefact of ``where(sign > 0, x > 0, x < 0)``).
+    3. Merge: mean over kept entries whose sign equals the elected sign; 0 where there are none.
+    Thresholds are computed per task; the rest runs tensor by tensor (and chunk by chunk).
+    """
+    tvs = _as_list(tvs)
+    keys = _validate(tvs)
+    _check_chunk(chunk_numel)
+    if resolve_zero not in ("majority", "zero"):
+        raise ValueError(f"resolve_zero must be 'majority' or 'zero', got {resolve_zero!r}")
+    thresholds = [trim_threshold(tv, top_k, chunk_numel=chunk_numel) for tv in tvs]
+    dtype = _common_dtype(tvs[0])
+    out: TaskVector = {}
+    balance = 0  # (#elements elected +) - (#elected -), for the majority rule
+    # Elements whose kept values sum to exactly 0 but are not all 0: their sign is known only
+    # after the full pass, so keep both candidate means for them (rare: exact cancellation).
+    pending: list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    for key in keys:
+        ref = tvs[0][key]
+        merged = torch.empty(ref.shape, dtype=ref.dtype, device=ref.device)
+        flat_out = merged.view(-1)
+        srcs = [_flat(tv[key]) for tv in tvs]
+        for sl in _slices(flat_out.numel(), chunk_numel):
+            kept = _kept(torch.stack([s[sl] for s in srcs]), thresholds, dtype)
+            sign = torch.sign(_seq_sum(kept))
+            balance += int((sign > 0).sum().item()) - int((sign < 0).sum().item())
+            flat_out[sl] = _signed_mean(kept, sign).to(ref.dtype)
+            if resolve_zero == "majority":
+                tied = (sign == 0) & (kept != 0).any(0)
+                if bool(tied.any()):
+                    idx = tied.nonzero().squeeze(1)
+                    sub = kept[:, idx]
+                    pos = _signed_mean(sub, torch.ones((), dtype=dtype, device=sub.device))
+                    neg = _signed_mean(sub, -torch.ones((), dtype=dtype, device=sub.device))
+                    pending.append((key, idx + sl.start, pos, neg))
+        out[key] = merged
+    if balance != 0:
+        for key, idx, pos, neg in pending:
+            flat_out = out[key].view(-1)
+            flat_out[idx] = (pos if balance > 0 else neg).to(flat_out.dtype)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# k-th magnitude
+
+
+@torch.no_grad()
+def kth_magnitude(
+    tvs: Sequence[Mapping[str, torch.Tensor]], k: int, *, chunk_numel: int | None = None
+) -> TaskVector:
+    """Per element, the entry with the k-th largest magnitude across ``tvs`` (k=1 is ``magmax``).
+
+    Ranks by magnitude; among equal magnitudes the later task ranks higher (MagMax's tie rule).
+    Norm equalisation, where wanted, is done by the caller with ``rescale_to_norm``.
+    """
+    tvs = _as_list(tvs)
+    keys = _validate(tvs)
+    _check_chunk(chunk_numel)
+    n = len(tvs)
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n:
+        raise ValueError(f"k must be an int in [1, {n}], got {k!r}")
+    out: TaskVector = {}
+    for key in keys:
+        ref = tvs[0][key]
+        merged = torch.empty(ref.shape, dtype=ref.dtype, device=ref.device)
+        flat_out = merged.view(-1)
+        # Later tasks first, so a stable descending sort puts the later one first on ties.
+        srcs = [_flat(tv[key]) for tv in reversed(tvs)]
+        for sl in _slices(flat_out.numel(), chunk_numel):
+            stack = torch.stack([s[sl] for s in srcs])
+            order = torch.sort(stack.abs(), dim=0, descending=True, stable=True).indices
+            flat_out[sl] = stack.gather(0, order[k - 1 : k]).squeeze(0)
+        out[key] = merged
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Utilities
+
+
+@torch.no_grad()
+def rescale_to_norm(tv: Mapping[str, torch.Tensor], norm: float) -> TaskVector:
+    """Scale ``tv`` so that its global L2 norm (over all entries) equals ``norm``."""
+    if not math.isfinite(norm) or norm < 0:
+        raise ValueError(f"norm must be finite and >= 0, got {norm!r}")
+    for key, t in tv.items():
+        _check_floating(key, t)
+    sq = sum(float(t.detach().double().pow(2).sum()) for t in tv.values())
+    current = math.sqrt(sq)
+    if current == 0.0:
+        raise ValueError("cannot rescale a zero task vector")
+    factor = norm / current
+    return {k: t.detach() * factor for k, t in tv.items()}
+
+
+@torch.no_grad()
+def apply_task_vector(
+    theta0: Mapping[str, torch.Tensor], tau: Mapping[str, torch.Tensor], lam: float
+) -> dict[str, torch.Tensor]:
+    """New state dict ``theta0 + lam * tau`` for keys in ``tau``; theta0's own tensors elsewhere.
+
+    Results keep theta0's dtype. Raises ValueError naming the key if a tau key is missing from
+    theta0 or shapes differ.
+    """
+    lam = float(lam)
+    if not math.isfinite(lam):
+        raise ValueError(f"lam must be finite, got {lam!r}")
+    for key, t in tau.items():
+        if key not in theta0:
+            raise ValueError(f"task vector key {key!r} is not in theta0")
+        _check_floating(key, t)
+        base = theta0[key]
+        if not isinstance(base, torch.Tensor) or not base.is_floating_point():
+            raise ValueError(f"theta0 entry {key!r} is not a floating tensor")
+        if tuple(base.shape) != tuple(t.shape):
+            raise ValueError(
+                f"shape mismatch for key {key!r}: theta0 {tuple(base.shape)} vs tau {tuple(t.shape)}"
+            )
+    out: dict[str, torch.Tensor] = {}
+    for key, base in theta0.items():
+        if key in tau:
+            b = base.detach()
+            acc = _acc_dtype(torch.promote_types(b.dtype, tau[key].dtype))
+            out[key] = b.to(acc).add(tau[key].detach().to(acc), alpha=lam).to(b.dtype)
+        else:
+            out[key] = base
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Registry
+
+METHODS: dict[str, Callable[..., TaskVector]] = {
+    "magmax": magmax,
+    "average": average,
+    "task_arithmetic": task_arithmetic,
+    "random_mix": random_mix,
+    "ties": ties,
+    "kth_magnitude": kth_magnitude,
+}
+
+
+def register_method(name: str, fn: Callable[..., TaskVector], *, overwrite: bool = False) -> None:
+    """Add a merge method ``fn(tvs, **kwargs) -> TaskVector`` to ``METHODS``."""
+    if not isinstance(name, str) or not name:
+        raise ValueError("method name must be a non-empty string")
+    if not callable(fn):
+        raise ValueError(f"method {name!r} is not callable")
+    if name in METHODS and not overwrite:
+        raise ValueError(f"merge method {name!r} is already registered")
+    METHODS[name] = fn

@@ -1,0 +1,1 @@
+"""Ray orchestration: Train fine-tuning units, the MagMax actor, Tune sweeps, the benchmark driver."""

@@ -1,0 +1,325 @@
+"""The Parquet results layer: schema, row helpers, atomic unit files, reading a run back.
+
+Each unit of work writes its own Parquet file with ``write_unit``; the write is atomic (temporary
+file in the same directory, fsync, ``os.replace``), so a crash never leaves a partial file at the
+unit's path and ``unit_done`` can be trusted to skip finished units on a rerun. ``read_run``
+concatenates every unit file of a run and refuses duplicate rows instead of dropping them.
+Paths may be local paths or pyarrow filesystem URIs (``s3://...``, ``file://...``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import os
+import subprocess
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+__all__ = [
+    "SCHEMA",
+    "COLUMNS",
+    "KEY_COLUMNS",
+    "ROLES",
+    "Row",
+    "make_rows",
+    "write_unit",
+    "unit_done",
+    "read_run",
+    "code_version",
+]
+
+SCHEMA = pa.schema(
+    [
+        pa.field("run", pa.string(), nullable=False),
+        pa.field("scenario", pa.string(), nullable=False),
+        pa.field("dataset", pa.string(), nullable=False),
+        pa.field("backbone", pa.string(), nullable=False),
+        pa.field("method", pa.string(), nullable=False),
+        pa.field("finetuning", pa.string(), nullable=False),
+        pa.field("lam", pa.float64(), nullable=False),  # NaN where no λ applies
+        pa.field("seed", pa.int64(), nullable=False),
+        pa.field("after_task", pa.int64(), nullable=False),  # 0-based; -1 = before any task
+        pa.field("eval_task", pa.int64(), nullable=False),  # -1 = all classes / whole test set
+        pa.field("role", pa.string(), nullable=False),
+        pa.field("metric", pa.string(), nullable=False),
+        pa.field("value", pa.float64(), nullable=False),
+        pa.field("config_hash", pa.string(), nullable=False),
+        pa.field("code_version", pa.string(), nullable=False),
+    ]
+)
+COLUMNS: tuple[str, ...] = tuple(SCHEMA.names)
+# A row's identity: everything but the measured value and the provenance columns.
+KEY_COLUMNS: tuple[str, ...] = tuple(c for c in COLUMNS if c not in ("value", "config_hash", "code_version"))
+ROLES: tuple[str, ...] = ("final", "matrix", "sweep", "analysis")
+# Accepted Python values per Arrow type; strict so that e.g. 1.5 never lands in an int column.
+_PY_TYPES: dict[pa.DataType, tuple[type, ...]] = {
+    pa.string(): (str,),
+    pa.int64(): (int, np.integer),
+    pa.float64(): (int, float, np.integer, np.floating),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One result row; ``as_dict()`` gives the columns in ``SCHEMA`` order."""
+
+    run: str
+    scenario: str
+    dataset: str
+    backbone: str
+    method: str
+    finetuning: str
+    seed: int
+    metric: str
+    value: float
+    config_hash: str
+    code_version: str
+    lam: float = math.nan
+    after_task: int = -1
+    eval_task: int = -1
+    role: str = "final"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {c: getattr(self, c) for c in COLUMNS}
+
+
+def make_rows(common: Mapping[str, Any], entries: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Rows made of the shared columns ``common`` plus each entry's own columns.
+
+    A column given in both is an error (so nothing is overridden by accident). ``lam`` defaults to
+    NaN, ``after_task``/``eval_task`` to -1 when given nowhere.
+    """
+    rows = []
+    for entry in entries:
+        both = set(common) & set(entry)
+        if both:
+            raise ValueError(f"column {sorted(both)[0]!r} given both in common and in an entry")
+        row = {"lam": math.nan, "after_task": -1, "eval_task": -1, **common, **entry}
+        rows.append(row)
+    return rows
+
+
+# --------------------------------------------------------------------------------------------
+# Validation
+
+
+def _check_columns(names: Iterable[str], where: str) -> None:
+    names = list(names)
+    for c in COLUMNS:
+        if c not in names:
+            raise ValueError(f"missing column {c!r}{where}")
+    for c in names:
+        if c not in COLUMNS:
+            raise ValueError(f"unknown column {c!r}{where}")
+
+
+def _to_table(rows: Sequence[Row | Mapping[str, Any]] | pd.DataFrame) -> pa.Table:
+    if isinstance(rows, pd.DataFrame):
+        _check_columns(rows.columns, "")
+        columns = {c: rows[c].tolist() for c in COLUMNS}
+    else:
+        dicts = []
+        for i, r in enumerate(rows):
+            d = r.as_dict() if isinstance(r, Row) else r
+            if not isinstance(d, Mapping):
+                raise ValueError(f"row {i} is neither a Row nor a mapping")
+            _check_columns(d.keys(), f" in row {i}")
+            dicts.append(d)
+        columns = {c: [d[c] for d in dicts] for c in COLUMNS}
+    arrays = []
+    for field in SCHEMA:
+        values = columns[field.name]
+        for i, v in enumerate(values):
+            if v is None:
+                raise ValueError(f"column {field.name!r} is null in row {i}")
+            if not isinstance(v, _PY_TYPES[field.type]) or isinstance(v, (bool, np.bool_)):
+                raise ValueError(f"column {field.name!r} has a value of the wrong type in row {i}: {v!r}")
+        if field.name == "role":
+            for i, v in enumerate(values):
+                if v not in ROLES:
+                    raise ValueError(f"column 'role' must be one of {ROLES}, got {v!r} in row {i}")
+        try:
+            arrays.append(pa.array(values, type=field.type))
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError) as e:
+            raise ValueError(f"column {field.name!r} does not convert to {field.type}: {e}") from e
+    return pa.Table.from_arrays(arrays, schema=SCHEMA)
+
+
+def _check_duplicates(df: pd.DataFrame, sources: pd.Series | None = None) -> None:
+    if df.empty:
+        return
+    dup = df.duplicated(subset=list(KEY_COLUMNS), keep=False)
+    if dup.any():
+        first = df.loc[dup, list(KEY_COLUMNS)].iloc[0].to_dict()
+        where = ""
+        if sources is not None:
+            same = (df.loc[dup, list(KEY_COLUMNS)] == df.loc[dup, list(KEY_COLUMNS)].iloc[0]) | (
+                df.loc[dup, list(KEY_COLUMNS)].isna() & df.loc[dup, list(KEY_COLUMNS)].iloc[0].isna()
+            )
+            files = sorted(set(sources[dup][same.all(axis=1)]))
+            where = f" (in files {files})"
+        raise ValueError(f"{int(dup.sum())} rows share a key; first duplicate key: {first}{where}")
+
+
+# --------------------------------------------------------------------------------------------
+# Paths and filesystems
+
+
+def _resolve(path: str | os.PathLike[str]) -> tuple[pafs.FileSystem, str, bool]:
+    """(filesystem, path on it, is_local)."""
+    if isinstance(path, os.PathLike) or "://" not in str(path):
+        return pafs.LocalFileSystem(), os.path.abspath(os.fspath(path)), True
+    fs, p = pafs.FileSystem.from_uri(str(path))
+    return fs, p, isinstance(fs, pafs.LocalFileSystem)
+
+
+def _is_temp(name: str) -> bool:
+    return name.startswith(".") or name.endswith(".tmp") or ".tmp." in name
+
+
+def _write_parquet(table: pa.Table, sink: BinaryIO | pa.NativeFile) -> None:
+    # Separate function so tests can simulate a crash in the middle of a write.
+    pq.write_table(table, sink)
+
+
+def _fsync_dir(directory: str) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems do not support fsync on directories
+    finally:
+        os.close(fd)
+
+
+def write_unit(rows: Sequence[Row | Mapping[str, Any]] | pd.DataFrame, path: str | os.PathLike[str]) -> None:
+    """Validate ``rows`` against ``SCHEMA`` and write them atomically as one Parquet file.
+
+    Raises ValueError naming the column on missing/extra/mistyped columns, and on rows sharing a
+    key (all columns but value/config_hash/code_version). An existing file at ``path`` is replaced.
+    """
+    table = _to_table(rows)
+    _check_duplicates(table.to_pandas())
+    fs, p, local = _resolve(path)
+    if not p.endswith(".parquet"):
+        raise ValueError(f"unit path must end in .parquet: {path}")
+    if local:
+        directory, name = os.path.split(p)
+    else:
+        directory, _, name = p.rpartition("/")
+    tmp_name = f".{name}.{uuid.uuid4().hex}.tmp"
+    if local:
+        os.makedirs(directory, exist_ok=True)
+        tmp = os.path.join(directory, tmp_name)
+        try:
+            with open(tmp, "wb") as f:
+                _write_parquet(table, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, p)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise
+        _fsync_dir(directory)
+    else:
+        if directory:
+            fs.create_dir(directory, recursive=True)
+        tmp = f"{directory}/{tmp_name}" if directory else tmp_name
+        try:
+            with fs.open_output_stream(tmp) as out:
+                _write_parquet(table, out)
+            # Object stores have no rename; move is copy + delete, and the copy appears whole.
+            fs.move(tmp, p)
+        except BaseException:
+            try:
+                fs.delete_file(tmp)
+            except Exception:
+                pass
+            raise
+
+
+def unit_done(path: str | os.PathLike[str]) -> bool:
+    """Whether the unit file at ``path`` exists (writes are atomic, so it is complete)."""
+    fs, p, _ = _resolve(path)
+    return fs.get_file_info(p).type == pafs.FileType.File
+
+
+def read_run(run_dir: str | os.PathLike[str]) -> pd.DataFrame:
+    """All rows of all unit files under ``run_dir`` (recursive ``*.parquet``, temp files ignored).
+
+    Columns in ``SCHEMA`` order. Raises ValueError if a file does not match the schema or if the
+    same key appears twice (within or across files); FileNotFoundError if ``run_dir`` is absent.
+    """
+    fs, root, _ = _resolve(run_dir)
+    info = fs.get_file_info(root)
+    if info.type == pafs.FileType.NotFound:
+        raise FileNotFoundError(f"no run directory at {run_dir}")
+    if info.type != pafs.FileType.Directory:
+        raise ValueError(f"{run_dir} is not a directory")
+    files = sorted(
+        f.path
+        for f in fs.get_file_info(pafs.FileSelector(root, recursive=True))
+        if f.type == pafs.FileType.File and f.path.endswith(".parquet") and not _is_temp(f.base_name)
+    )
+    if not files:
+        return SCHEMA.empty_table().to_pandas()
+    tables = []
+    sources: list[str] = []
+    for f in files:
+        with fs.open_input_file(f) as fh:
+            t = pq.read_table(fh)
+        _check_columns(t.column_names, f" in {f}")
+        t = t.select(list(COLUMNS))
+        try:
+            t = t.cast(SCHEMA)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, ValueError) as e:
+            raise ValueError(f"{f} does not match the results schema: {e}") from e
+        tables.append(t)
+        sources.extend([f] * t.num_rows)
+    df = pa.concat_tables(tables).to_pandas()
+    _check_duplicates(df, pd.Series(sources, index=df.index))
+    return df
+
+
+@functools.lru_cache(maxsize=1)
+def code_version() -> str:
+    """Short git hash of this repository (with ``-dirty`` for uncommitted changes to tracked
+    files), else the installed package version."""
+    repo = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "--short", "HEAD"],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout.strip()
+        if head:
+            status = subprocess.run(
+                ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+                capture_output=True, text=True, timeout=10, check=True,
+            ).stdout.strip()
+            return f"{head}-dirty" if status else head
+    except (OSError, subprocess.SubprocessError):
+        pass
+    try:
+        from importlib.metadata import version
+
+        return version("magmax-pipeline")
+    except Exception:
+        from pipeline import __version__
+
+        return __version__

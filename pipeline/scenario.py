@@ -1,0 +1,181 @@
+"""A scenario made concrete: backbone, dataset, zero-shot head, task splits and data loaders.
+
+Built once per process (a Train worker, an evaluator) from plain config values, so Ray ships
+only the config and every worker loads the same things the same way.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+
+from pipeline.config import BenchmarkConfig, ModelConfig, ScenarioConfig
+from pipeline.data import DatasetBundle, load_dataset
+from pipeline.data.splits import (
+    DOMAINNET_DOMAINS,
+    IMAGENET_R_DOMAINS,
+    class_incremental_splits,
+    class_order,
+    domain_incremental_tasks,
+    task_indices,
+)
+from pipeline.models import Clip, ImageClassifier, image_encoder_state, load_clip, zero_shot_head
+
+# Epochs per dataset from the paper (design.md); finetune.epochs > 0 overrides.
+DEFAULT_EPOCHS = {"cifar100": 10, "imagenet_r": 10, "domainnet": 10, "cub200": 30, "cars": 30,
+                  "dtd": 75, "eurosat": 12, "gtsrb": 11, "mnist": 5, "resisc45": 15, "sun397": 14,
+                  "svhn": 4, "demo_shapes": 4}
+DOMAIN_ORDERS = {"domainnet": DOMAINNET_DOMAINS, "imagenet_r": IMAGENET_R_DOMAINS}
+# Datasets small enough to decode once and keep as tensors (the demo world).
+IN_MEMORY_LIMIT = 50_000
+
+
+def register_builtin_extras() -> None:
+    """Datasets that live outside the torchvision-backed registry (the demo world)."""
+    from pipeline.data import DATASETS
+    from pipeline.data.demo_world import DEMO_TEMPLATES
+    from pipeline.data.image_folder import register_image_folder
+
+    if "demo_shapes" not in DATASETS:
+        register_image_folder("demo_shapes", DEMO_TEMPLATES)
+
+
+def _materialize(dataset: Dataset, batch_size: int = 512) -> TensorDataset:
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
+    xs, ys = zip(*loader)
+    return TensorDataset(torch.cat(xs), torch.cat([torch.as_tensor(y) for y in ys]))
+
+
+@dataclass
+class Scenario:
+    cfg: BenchmarkConfig
+    scenario: ScenarioConfig
+    clip: Clip
+    data: DatasetBundle
+    head: torch.Tensor                       # [C, D] over all classes, frozen
+    task_classes: list[list[int]]            # classes per task (all classes for domain-incremental)
+    train_task_idx: list[np.ndarray]         # train sample indices per task
+    test_task_idx: list[np.ndarray]          # test sample indices grouped per task (eval rows)
+    theta0: dict[str, torch.Tensor]
+
+    @property
+    def num_tasks(self) -> int:
+        return len(self.train_task_idx)
+
+    @property
+    def domain_incremental(self) -> bool:
+        return self.scenario.kind == "domain_incremental"
+
+    @property
+    def epochs(self) -> int:
+        return self.cfg.finetune.epochs or DEFAULT_EPOCHS.get(self.scenario.dataset, 10)
+
+    def classifier(self, state: dict[str, torch.Tensor] | None = None) -> ImageClassifier:
+        """A fresh image classifier over θ0 (or ``state``) with the frozen full head."""
+        import copy
+
+        from pipeline.models import load_image_encoder_state
+
+        visual = copy.deepcopy(self.clip.visual)
+        model = ImageClassifier(visual, self.head, self.clip.logit_scale)
+        if state is not None:
+            load_image_encoder_state(model, state)
+        return model
+
+    def train_head(self, task: int | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Head rows and label map while training ``task`` (None: joint, all classes)."""
+        from pipeline.finetune import task_label_map
+
+        if task is None or self.domain_incremental:
+            return self.head, None
+        classes = self.task_classes[task]
+        return self.head[classes], task_label_map(classes, len(self.data.classnames))
+
+    def train_loader(self, tasks: Sequence[int], seed: int, batch_size: int,
+                     workers: int = 0) -> DataLoader:
+        idx = np.concatenate([self.train_task_idx[t] for t in tasks])
+        generator = torch.Generator().manual_seed(seed)
+        return DataLoader(Subset(self.data.train, idx.tolist()), batch_size=batch_size, shuffle=True,
+                          generator=generator, num_workers=workers, drop_last=False,
+                          persistent_workers=False)
+
+    def test_loader(self, batch_size: int, workers: int = 0) -> DataLoader:
+        idx = np.concatenate(self.test_task_idx) if not self.domain_incremental else np.arange(len(self.data.test))
+        return DataLoader(Subset(self.data.test, np.unique(idx).tolist()), batch_size=batch_size,
+                          shuffle=False, num_workers=workers)
+
+    def test_eval_groups(self) -> list[np.ndarray]:
+        """Positions (in test_loader order) of each task's test samples."""
+        idx = np.unique(np.concatenate(self.test_task_idx)) if not self.domain_incremental else \
+            np.arange(len(self.data.test))
+        pos = {int(i): p for p, i in enumerate(idx)}
+        return [np.array([pos[int(i)] for i in group], dtype=np.int64) for group in self.test_task_idx]
+
+
+def _subsample(targets: np.ndarray, per_class: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    keep = []
+    for c in np.unique(targets):
+        idx = np.flatnonzero(targets == c)
+        keep.append(np.sort(rng.permutation(idx)[:per_class]))
+    return np.sort(np.concatenate(keep))
+
+
+def build_scenario(cfg: BenchmarkConfig, scenario: ScenarioConfig, device: str = "cpu") -> Scenario:
+    """Load backbone and data and derive the head and task splits (cached per process)."""
+    return _build_cached(cfg, scenario, device)
+
+
+@functools.lru_cache(maxsize=4)
+def _build_cached(cfg: BenchmarkConfig, scenario: ScenarioConfig, device: str) -> Scenario:
+    register_builtin_extras()
+    clip = load_clip_from_config(cfg.model)
+    data = load_dataset(scenario.dataset, Path(cfg.data_root), clip.eval_transform, clip.eval_transform)
+    if len(data.train) <= IN_MEMORY_LIMIT:
+        data.train = _materialize(data.train)
+        data.test = _materialize(data.test)
+    test_idx_all = np.arange(len(data.test_targets))
+    if cfg.max_eval_per_class:
+        test_idx_all = _subsample(data.test_targets, cfg.max_eval_per_class, cfg.seed)
+    if scenario.kind == "domain_incremental":
+        order = DOMAIN_ORDERS.get(scenario.dataset)
+        if order is None or data.train_domains is None:
+            raise ValueError(f"scenario {scenario.label}: dataset {scenario.dataset!r} has no domains")
+        order = order[: scenario.tasks] if scenario.tasks < len(order) else order
+        train_idx = domain_incremental_tasks(data.train_domains, order)
+        test_groups = domain_incremental_tasks(data.test_domains, order)
+        test_idx = [np.intersect1d(g, test_idx_all) for g in test_groups]
+        task_classes = [list(range(len(data.classnames)))] * len(order)
+    else:
+        num_classes = len(data.classnames)
+        if scenario.tasks > num_classes:
+            raise ValueError(f"scenarios: tasks={scenario.tasks} is more than the {num_classes} classes "
+                             f"of {scenario.dataset}")
+        order = class_order(scenario.dataset, num_classes)
+        task_classes = class_incremental_splits(order, scenario.tasks)
+        train_idx = [task_indices(data.train_targets, c) for c in task_classes]
+        test_idx = [np.intersect1d(task_indices(data.test_targets, c), test_idx_all) for c in task_classes]
+    head = zero_shot_head(clip, data.classnames, data.templates)
+    theta0 = image_encoder_state(clip.model)
+    return Scenario(cfg, scenario, clip, data, head, task_classes, train_idx, test_idx, theta0)
+
+
+def load_clip_from_config(model: ModelConfig) -> Clip:
+    backbone = model.backbone
+    if backbone.startswith("local-dir:"):
+        folder = Path(backbone.split(":", 1)[1])
+        if not folder.is_absolute():
+            folder = Path(__file__).resolve().parent.parent / folder
+        backbone = f"local-dir:{folder}"
+    return load_clip(backbone, model.pretrained or None, cache_dir=model.cache_dir or None,
+                     allow_download=model.allow_download)
+
+
+def iterate(loader: DataLoader) -> Iterator:
+    yield from loader

@@ -1,0 +1,79 @@
+"""Task vectors tau = theta - theta_0, and safetensors I/O for weights and task vectors.
+
+Only safetensors are read for weights: nothing user-supplied is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Mapping
+
+import torch
+
+StateDict = dict[str, torch.Tensor]
+
+
+class CorruptCheckpointError(ValueError):
+    """A safetensors file cannot be read; the message names the file."""
+
+
+def task_vector(theta: Mapping[str, torch.Tensor], theta0: Mapping[str, torch.Tensor]) -> StateDict:
+    """tau = theta - theta_0 over the floating-point tensors, naming a mismatched tensor."""
+    out: StateDict = {}
+    for key, base in theta0.items():
+        if not torch.is_floating_point(base):
+            continue
+        if key not in theta:
+            raise KeyError(f"fine-tuned weights lack tensor {key!r}")
+        if theta[key].shape != base.shape:
+            raise ValueError(f"tensor {key!r}: shape {tuple(theta[key].shape)} != {tuple(base.shape)}")
+        out[key] = theta[key].detach().float() - base.detach().float()
+    return out
+
+
+def save_tensors(tensors: Mapping[str, torch.Tensor], path: str | os.PathLike,
+                 metadata: Mapping[str, str] | None = None) -> Path:
+    """Write a safetensors file atomically (temp file in the same folder, fsync, rename)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp,
+                  metadata=dict(metadata or {}))
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def load_tensors(path: str | os.PathLike, expected: Mapping[str, torch.Tensor] | None = None) -> StateDict:
+    """Read a safetensors file; with ``expected``, check every tensor's presence and shape."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no weights file at {path}")
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CorruptCheckpointError(f"{path} is not a readable safetensors file: {err}") from err
+    if expected is not None:
+        for key, ref in expected.items():
+            if key not in tensors:
+                raise ValueError(f"{path}: missing tensor {key!r}")
+            if tuple(tensors[key].shape) != tuple(ref.shape):
+                raise ValueError(f"{path}: tensor {key!r} has shape {tuple(tensors[key].shape)}, "
+                                 f"expected {tuple(ref.shape)}")
+        extra = sorted(set(tensors) - set(expected))
+        if extra:
+            raise ValueError(f"{path}: unexpected tensor {extra[0]!r} (checkpoint of another backbone?)")
+    return tensors

@@ -1,0 +1,213 @@
+"""Units of work in plain torch: a fine-tuning chain and the evaluation of a set of weights.
+
+A chain is what one Ray Train run executes: for sequential, LwF and EWC modes the tasks of one
+scenario in order, each starting from the previous weights; for independent mode one or more
+tasks each starting from θ0; for joint mode all tasks at once. Every finished task leaves a
+safetensors checkpoint of the image tower in the unit's content-addressed folder, and a rerun
+starts after the last one it finds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from pipeline.config import BenchmarkConfig, ScenarioConfig, to_dict
+from pipeline.evaluation import accuracy, predict
+from pipeline.finetune import EWC, LwF, Recipe, frozen_copy, train_task
+from pipeline.models import image_encoder_state
+from pipeline.scenario import Scenario
+from pipeline.task_vectors import load_tensors, save_tensors
+
+MODES = ("seq", "ind", "lwf", "ewc", "joint")
+
+
+@dataclass(frozen=True)
+class ChainUnit:
+    """What determines a set of fine-tuned checkpoints (and so its cache key)."""
+
+    scenario: ScenarioConfig
+    mode: str                      # seq | ind | lwf | ewc | joint
+    tasks: tuple[int, ...]         # task indices this unit trains (joint: all, trained at once)
+
+    def key(self, cfg: BenchmarkConfig) -> str:
+        """Content address: backbone, data, scenario, mode, starting point, recipe, seed, tasks."""
+        f = cfg.finetune
+        determinants = {
+            "model": to_dict(cfg.model), "data_root": str(Path(cfg.data_root).resolve().name),
+            "scenario": to_dict(self.scenario), "mode": self.mode,
+            "tasks": list(self.tasks) if self.mode == "ind" else None,
+            "recipe": {k: v for k, v in to_dict(f).items() if k not in ("loader_workers",)},
+            "seed": cfg.seed, "max_eval": None,
+        }
+        blob = json.dumps(determinants, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    @property
+    def label(self) -> str:
+        suffix = "" if self.mode != "ind" or len(self.tasks) != 1 else f"-t{self.tasks[0]}"
+        return f"{self.scenario.label.replace('/', '_')}-{self.mode}{suffix}"
+
+
+def checkpoint_path(unit_dir: str | Path, task: int) -> Path:
+    return Path(unit_dir) / f"task_{task:03d}.safetensors"
+
+
+def recipe_from(cfg: BenchmarkConfig, epochs: int) -> Recipe:
+    f = cfg.finetune
+    return Recipe(lr=f.lr, weight_decay=f.weight_decay, epochs=epochs, warmup_steps=f.warmup_steps,
+                  grad_clip=f.grad_clip, precision=f.precision)
+
+
+def _steps(n: int, batch: int) -> int:
+    return max(1, -(-n // batch))
+
+
+def run_chain(
+    scn: Scenario,
+    unit: ChainUnit,
+    unit_dir: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    on_task_done: Callable[[int, Path, dict], None] | None = None,
+    wrap_visual: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
+    wrap_loader: Callable | None = None,
+    is_writer: bool = True,
+) -> list[Path]:
+    """Fine-tune the unit's tasks, writing one checkpoint per task; resume after the last one found."""
+    cfg = scn.cfg
+    unit_dir = Path(unit_dir)
+    f = cfg.finetune
+    recipe = recipe_from(cfg, scn.epochs)
+    sequential = unit.mode in ("seq", "lwf", "ewc")
+    ewc = EWC(lam=f.ewc_lambda) if unit.mode == "ewc" else None
+    model = scn.classifier()
+    if wrap_visual is not None:
+        model.visual = wrap_visual(model.visual)
+    first_state: dict[str, torch.Tensor] | None = None
+    paths: list[Path] = []
+    tasks = list(unit.tasks)
+    if unit.mode == "joint":
+        tasks = [tasks[-1]]  # one checkpoint, named after the last task, trained on all of them
+
+    for i, task in enumerate(tasks):
+        path = checkpoint_path(unit_dir, task)
+        done = path.is_file()
+        if done:
+            state = load_tensors(path, scn.theta0)
+            paths.append(path)
+        if ewc is not None and i > 0 and not done and not ewc.fisher:
+            # resumed mid-chain: rebuild the Fisher of the finished tasks before going on
+            for prev in tasks[:i]:
+                prev_state = load_tensors(checkpoint_path(unit_dir, prev), scn.theta0)
+                _load(model, prev_state)
+                head, lmap = scn.train_head(prev)
+                ewc.consolidate(model, _mapped(scn.train_loader([prev], cfg.seed, f.batch_size), lmap),
+                                head, torch.device(device), f.ewc_fisher_batches)
+        if done:
+            if sequential:
+                _load(model, state)
+            if task == tasks[0]:
+                first_state = state
+            continue
+
+        # starting point: θ0 for independent, θ_{t-1} for sequential (Table 6: θ0 or θ1 alike)
+        if unit.mode == "ind" or (sequential and f.start_from == "zero"):
+            _load(model, scn.theta0)
+        elif sequential and f.start_from == "first" and first_state is not None:
+            _load(model, first_state)
+        train_tasks = list(unit.tasks) if unit.mode == "joint" else [task]
+        head, lmap = scn.train_head(None if unit.mode == "joint" else task)
+        loader = scn.train_loader(train_tasks, cfg.seed * 1000 + task, f.batch_size, f.loader_workers
+                                  if len(scn.data.train) > 50_000 else 0)
+        if wrap_loader is not None:
+            loader = wrap_loader(loader)
+        regularizer = None
+        if unit.mode == "lwf" and i > 0:
+            seen = sorted({c for t in tasks[:i] for c in scn.task_classes[t]})
+            regularizer = LwF(frozen_copy(model), scn.head[seen], f.lwf_lambda, f.lwf_temperature)
+        elif ewc is not None:
+            regularizer = ewc
+        torch.manual_seed(cfg.seed * 1000 + task)
+        n = sum(len(scn.train_task_idx[t]) for t in train_tasks)
+        stats = train_task(model, _mapped(loader, lmap), head, recipe,
+                           steps_per_epoch=_steps(n, f.batch_size), device=device, regularizer=regularizer)
+        if ewc is not None:
+            ewc.consolidate(model, _mapped(scn.train_loader([task], cfg.seed, f.batch_size), lmap), head,
+                            torch.device(device), f.ewc_fisher_batches)
+        state = _state(model)
+        if is_writer:
+            save_tensors(state, path, metadata={"unit": unit.label, "task": str(task)})
+        if task == tasks[0]:
+            first_state = state
+        paths.append(path)
+        if on_task_done is not None:
+            on_task_done(task, path, stats)
+    return paths
+
+
+def _mapped(loader, label_map):
+    """Batches with dataset labels mapped to task-head rows (mapping done in the loop)."""
+    return loader if label_map is None else _MapLabels(loader, label_map)
+
+
+class _MapLabels:
+    def __init__(self, loader, label_map: torch.Tensor) -> None:
+        self.loader, self.label_map = loader, label_map
+
+    def __iter__(self):
+        for images, labels in self.loader:
+            yield images, self.label_map[torch.as_tensor(labels)]
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+
+def _unwrap(visual: torch.nn.Module) -> torch.nn.Module:
+    return getattr(visual, "module", visual)
+
+
+def _state(model) -> dict[str, torch.Tensor]:
+    visual = _unwrap(model.visual)
+    return {k: v.detach().cpu().clone() for k, v in visual.state_dict().items() if torch.is_floating_point(v)}
+
+
+def _load(model, state: dict[str, torch.Tensor]) -> None:
+    from pipeline.models import load_image_encoder_state
+
+    class _Shim:
+        visual = _unwrap(model.visual)
+
+    load_image_encoder_state(_Shim, state)
+
+
+class Evaluator:
+    """Task-agnostic evaluation of image-tower weights on a scenario's test set (data kept in memory)."""
+
+    def __init__(self, scn: Scenario, device: str | torch.device = "cpu") -> None:
+        self.scn = scn
+        self.device = torch.device(device)
+        self.model = scn.classifier()
+        loader = scn.test_loader(scn.cfg.eval_batch_size)
+        xs, ys = zip(*loader)
+        self.images, self.labels = torch.cat(xs), torch.cat([torch.as_tensor(y) for y in ys])
+        self.groups = scn.test_eval_groups()
+
+    def __call__(self, state: dict[str, torch.Tensor]) -> tuple[float, list[float]]:
+        """(accuracy over the whole test set, accuracy per task), in percent."""
+        _load(self.model, state)
+        bs = self.scn.cfg.eval_batch_size
+        batches = ((self.images[i:i + bs], self.labels[i:i + bs]) for i in range(0, len(self.labels), bs))
+        preds, labels = predict(self.model, batches, self.scn.head, self.device)
+        per_task = [accuracy(preds[g], labels[g]) for g in self.groups]
+        return accuracy(preds, labels), per_task
+
+
+def seen_classes_accuracy(per_task: Sequence[float], upto: int) -> float:
+    return float(np.mean(per_task[: upto + 1]))
