@@ -36,6 +36,7 @@ class ScenarioConfig:
     kind: str = "class_incremental"   # or "domain_incremental"
     tasks: int = 5
     name: str = ""                    # defaults to "<dataset>/<tasks>" or "<dataset>/dil"
+    class_order_seed: int = -1        # -1: the reference order (CIFAR100's, else natural); else a seeded shuffle
 
     @property
     def label(self) -> str:
@@ -148,14 +149,19 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return value
         raise ConfigError(f"{key}: expected an integer, got {value!r}")
     if tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
+            number = float(value)
+        elif isinstance(value, str):
             # PyYAML reads 1e-5 (no dot) as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
+        if number is not None:
+            if number != number or number in (float("inf"), float("-inf")):
+                raise ConfigError(f"{key}: {value!r} is not a finite number")
+            return number
         raise ConfigError(f"{key}: expected a number, got {value!r}")
     if tp is str:
         if isinstance(value, str):

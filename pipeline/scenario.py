@@ -157,7 +157,8 @@ def _build_cached(cfg: BenchmarkConfig, scenario: ScenarioConfig, device: str) -
         if scenario.tasks > num_classes:
             raise ValueError(f"scenarios: tasks={scenario.tasks} is more than the {num_classes} classes "
                              f"of {scenario.dataset}")
-        order = class_order(scenario.dataset, num_classes)
+        order = class_order(scenario.dataset, num_classes,
+                            None if scenario.class_order_seed < 0 else scenario.class_order_seed)
         task_classes = class_incremental_splits(order, scenario.tasks)
         train_idx = [task_indices(data.train_targets, c) for c in task_classes]
         test_idx = [np.intersect1d(task_indices(data.test_targets, c), test_idx_all) for c in task_classes]

@@ -1,0 +1,60 @@
+"""The real entry point, through Ray Train, the MagMax actor and Tune, on a tiny config."""
+
+import json
+import time
+
+import pandas as pd
+import pytest
+
+from pipeline.results import KEY_COLUMNS, read_run
+
+pytestmark = pytest.mark.slow
+
+
+def _argv(tmp_path, data_root, name="e2e"):
+    return [
+        "--config", "configs/demo.yaml",
+        f"name={name}", f"storage={tmp_path / 'storage'}", f"data_root={data_root}", "demo_data=false",
+        "scenarios.0.tasks=2", "finetune.epochs=1", "finetune.batch_size=32",
+        "merge.sweep_lambdas=[0.5,1.0]",
+    ]
+
+
+def test_run_benchmark_end_to_end_and_resume(tmp_path, demo_data_root, ray_session, monkeypatch):
+    from jobs import run_benchmark
+
+    monkeypatch.chdir(run_benchmark.ROOT)
+    start = time.time()
+    assert run_benchmark.main(_argv(tmp_path, demo_data_root)) == 0
+    first = time.time() - start
+    run_dir = tmp_path / "storage" / "e2e"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    for key in ("chance", "zero_shot", "joint", "seq_ft", "lwf", "ewc", "randmix", "maxabs", "avg", "ties",
+                "magmax", "seq_ft_first_task_forgetting", "sign_conflicts_ind", "sign_conflicts_seq"):
+        assert summary[key] is not None, key
+    assert summary["chance"] == pytest.approx(1.0)
+    df = read_run(run_dir / "results")
+    assert not df.duplicated(list(KEY_COLUMNS)).any()
+    final = df[df.role == "final"].set_index("method")
+    assert set(final.index) == {"zero_shot", "joint", "seq_ft", "lwf", "ewc", "randmix", "maxabs", "avg",
+                                "ties", "magmax"}
+    assert final.loc["magmax", "lam"] == 0.5 and final.loc["ties", "lam"] == 0.55
+    sweep = df[df.role == "sweep"]
+    assert set(sweep.lam) == {0.5, 1.0}
+    # the headline MagMax trial and the sweep's λ=0.5 trial are the same model
+    same = sweep[(sweep.method == "magmax") & (sweep.lam == 0.5)].value.iloc[0]
+    assert same == pytest.approx(final.loc["magmax", "value"])
+    mat = df[(df.role == "matrix") & (df.method == "seq_ft") & (df.eval_task >= 0)]
+    assert len(mat) == 4
+    assert (run_dir / "config.yaml").is_file() and (run_dir / "report" / "table.md").is_file()
+    ckpts = sorted((tmp_path / "storage" / "checkpoints").rglob("task_*.safetensors"))
+    assert len(ckpts) == 2 + 2 + 2 + 2 + 1  # seq, ind, lwf, ewc chains and joint
+
+    # a rerun of the finished plan fine-tunes nothing and writes no new rows
+    mtimes = {p: p.stat().st_mtime for p in ckpts}
+    start = time.time()
+    assert run_benchmark.main(_argv(tmp_path, demo_data_root)) == 0
+    again = time.time() - start
+    assert {p: p.stat().st_mtime for p in ckpts} == mtimes
+    pd.testing.assert_frame_equal(read_run(run_dir / "results"), df)
+    assert again < first
