@@ -102,11 +102,23 @@ def run_scenario(cfg: BenchmarkConfig, scenario: ScenarioConfig, run_dir: Path, 
     ckpt_root = Path(cfg.storage) / "checkpoints"
     train_root = str(Path(cfg.storage) / "ray_train")
     t0 = time.time()
-    refs = {u: fit_unit_task.remote(cfg, u, str(ckpt_root / u.key(cfg)), train_root) for u in units}
+    # at most as many Train runs in flight as the cluster can host workers for: more only
+    # start controllers that wait and compete for the same cores
+    per_unit = cfg.ray.cpus_per_worker * max(1, cfg.ray.num_workers)
+    slots = max(1, int(ray.cluster_resources().get("CPU", 1) // per_unit))
+    done: dict = {}
+    pending: dict = {}
+    queue = list(units)
+    while queue or pending:
+        while queue and len(pending) < slots:
+            u = queue.pop(0)
+            pending[fit_unit_task.remote(cfg, u, str(ckpt_root / u.key(cfg)), train_root)] = u
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        for ref in ready:
+            done[pending.pop(ref)] = ray.get(ref)
     paths: dict[str, list[str]] = {}
-    for unit, ref in refs.items():
-        got = ray.get(ref)
-        paths.setdefault(unit.mode, []).extend(got)
+    for unit in units:
+        paths.setdefault(unit.mode, []).extend(done[unit])
     log(f"{scenario.label}: {len(units)} fine-tuning units done in {time.time() - t0:.1f}s")
 
     # 2. task vectors and merges; the running MagMax vector lives in one actor per mode
@@ -124,6 +136,8 @@ def run_scenario(cfg: BenchmarkConfig, scenario: ScenarioConfig, run_dir: Path, 
         for t, tv in enumerate(tvs[mode]):
             ray.get(actor.add.remote(f"task{t}", ray.put(tv)))
             running[method].append(actor.value.remote())
+        # results of actor calls are owned by this driver: once they exist, the actor can go
+        ray.wait(running[method], num_returns=len(running[method]), fetch_local=False)
         ray.kill(actor)
 
     m = cfg.merge
@@ -206,8 +220,8 @@ def run_scenario(cfg: BenchmarkConfig, scenario: ScenarioConfig, run_dir: Path, 
                                   "value": analysis.sign_conflicts(tvs[mode], top_k=m.sign_conflict_top_k)})
     for method in {r["method"] for r in matrix_rows}:
         mat = _matrix(matrix_rows, method, T)
-        if method == "zero_shot" or np.isnan(mat).all():
-            continue
+        if method == "zero_shot" or np.isnan(mat[np.tril_indices(T)]).any():
+            continue  # forgetting needs a row after every task (not joint or zero-shot)
         ft = next(r["finetuning"] for r in matrix_rows if r["method"] == method)
         analysis_rows.append({"method": method, "finetuning": ft, "role": "analysis",
                               "metric": "first_task_forgetting", "value": metrics.first_task_forgetting(mat)})
