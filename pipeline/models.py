@@ -111,18 +111,23 @@ def create_clip_from_config(model_cfg: dict) -> nn.Module:
     return CLIP(**cfg)
 
 
-def image_encoder_state(model: nn.Module) -> StateDict:
-    """Floating-point tensors of the image tower, keyed as in ``model.visual.state_dict()``."""
+def visual_state(visual: nn.Module) -> StateDict:
+    """Floating-point tensors of an image tower, as CPU copies keyed as in its ``state_dict()``."""
     return {
-        k: v.detach().clone()
-        for k, v in model.visual.state_dict().items()
+        k: v.detach().cpu().clone()
+        for k, v in visual.state_dict().items()
         if torch.is_floating_point(v)
     }
 
 
-def load_image_encoder_state(model: nn.Module, state: StateDict) -> None:
+def image_encoder_state(model: nn.Module) -> StateDict:
+    """Floating-point tensors of the image tower, keyed as in ``model.visual.state_dict()``."""
+    return visual_state(model.visual)
+
+
+def load_visual_state(visual: nn.Module, state: StateDict) -> None:
     """Load image-tower weights, naming the first tensor that is missing, extra or mis-shaped."""
-    own = model.visual.state_dict()
+    own = visual.state_dict()
     for key, value in own.items():
         if not torch.is_floating_point(value):
             continue
@@ -139,6 +144,11 @@ def load_image_encoder_state(model: nn.Module, state: StateDict) -> None:
         for key, param in own.items():
             if key in state:
                 param.copy_(state[key].to(param.dtype))
+
+
+def load_image_encoder_state(model: nn.Module, state: StateDict) -> None:
+    """``load_visual_state`` on ``model.visual``."""
+    load_visual_state(model.visual, state)
 
 
 @torch.no_grad()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -177,6 +177,3 @@ def load_clip_from_config(model: ModelConfig) -> Clip:
     return load_clip(backbone, model.pretrained or None, cache_dir=model.cache_dir or None,
                      allow_download=model.allow_download)
 
-
-def iterate(loader: DataLoader) -> Iterator:
-    yield from loader

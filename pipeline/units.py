@@ -11,17 +11,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
-import numpy as np
 import torch
 
 from pipeline.config import BenchmarkConfig, ScenarioConfig, to_dict
 from pipeline.evaluation import accuracy, predict
 from pipeline.finetune import EWC, LwF, Recipe, frozen_copy, train_task
-from pipeline.models import image_encoder_state
+from pipeline.models import load_visual_state, visual_state
 from pipeline.scenario import Scenario
 from pipeline.task_vectors import load_tensors, save_tensors
 
@@ -174,17 +173,11 @@ def _unwrap(visual: torch.nn.Module) -> torch.nn.Module:
 
 
 def _state(model) -> dict[str, torch.Tensor]:
-    visual = _unwrap(model.visual)
-    return {k: v.detach().cpu().clone() for k, v in visual.state_dict().items() if torch.is_floating_point(v)}
+    return visual_state(_unwrap(model.visual))
 
 
 def _load(model, state: dict[str, torch.Tensor]) -> None:
-    from pipeline.models import load_image_encoder_state
-
-    class _Shim:
-        visual = _unwrap(model.visual)
-
-    load_image_encoder_state(_Shim, state)
+    load_visual_state(_unwrap(model.visual), state)
 
 
 class Evaluator:
@@ -208,6 +201,3 @@ class Evaluator:
         per_task = [accuracy(preds[g], labels[g]) for g in self.groups]
         return accuracy(preds, labels), per_task
 
-
-def seen_classes_accuracy(per_task: Sequence[float], upto: int) -> float:
-    return float(np.mean(per_task[: upto + 1]))

@@ -128,7 +128,7 @@ def run_scenario(cfg: BenchmarkConfig, scenario: ScenarioConfig, run_dir: Path, 
     theta0_ref = ray.put(theta0)
     running: dict[str, list[ray.ObjectRef]] = {}
     for mode, method in (("seq", "magmax"), ("ind", "maxabs"), ("lwf", "lwf_magmax"), ("ewc", "ewc_magmax")):
-        if mode not in tvs or not ({method, "magmax" if mode == "seq" else method} & methods):
+        if mode not in tvs or method not in methods:
             continue
         actor = MagMaxActor.options(name=f"magmax:{cfg.name}:{scenario.label}:{mode}", get_if_exists=True) \
             .remote(str(run_dir / "actors" / f"{scenario.label.replace('/', '_')}-{mode}"))
@@ -173,12 +173,11 @@ def run_scenario(cfg: BenchmarkConfig, scenario: ScenarioConfig, run_dir: Path, 
     results = {}
     for chunk, res in zip(chunks, evals):
         for item, r in zip(chunk, res):
-            results[item[:3]] = r
+            results[item[:3]] = (*r, float(item[3][2]) if item[3][0] == "tau" else math.nan)
     log(f"{scenario.label}: {len(items)} evaluations in {time.time() - t0:.1f}s")
 
     matrix_rows, final_rows = [], []
-    for (method, ft, t), (overall, per_task) in results.items():
-        lam = items_lam(items, method, ft, t)
+    for (method, ft, t), (overall, per_task, lam) in results.items():
         for c, acc in enumerate(per_task):
             matrix_rows.append({"method": method, "finetuning": ft, "lam": lam, "after_task": t,
                                 "eval_task": c, "role": "matrix", "metric": "accuracy", "value": acc})
@@ -233,13 +232,6 @@ def run_scenario(cfg: BenchmarkConfig, scenario: ScenarioConfig, run_dir: Path, 
                        ("final", final_rows)):
         write_unit(make_rows(common, rows), parts[part])
     return summarize(read_run(out_dir))
-
-
-def items_lam(items, method: str, ft: str, t: int) -> float:
-    for it in items:
-        if it[:3] == (method, ft, t):
-            return float(it[3][2]) if it[3][0] == "tau" else math.nan
-    return math.nan
 
 
 def _matrix(rows: list[dict], method: str, T: int) -> np.ndarray:
