@@ -25,6 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML config (default: the demo)")
     parser.add_argument("--no-report", action="store_true", help="skip tables and figures")
+    parser.add_argument("--plan", action="store_true",
+                        help="print the units, what is cached and the GPU-hours left; run nothing")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. finetune.lr=1e-4")
     args = parser.parse_args(argv)
     try:
@@ -33,11 +35,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"config error: {err}", file=sys.stderr)
         return 2
 
-    from pipeline.orchestration.runner import run_benchmark
+    from pipeline.orchestration.runner import resolve_paths, run_benchmark
 
-    summary = run_benchmark(cfg)
+    if args.plan:
+        from pipeline.orchestration.plan import build_plan, format_plan
+
+        print(format_plan(build_plan(resolve_paths(cfg))))
+        return 0
+    try:
+        summary = run_benchmark(cfg)
+    except ConfigError as err:
+        print(f"config error: {err}", file=sys.stderr)
+        return 2
     run_dir = Path(cfg.storage if "://" in cfg.storage else Path(cfg.storage).resolve()) / cfg.name
-    if not args.no_report:
+    if not args.no_report and "://" not in cfg.storage:
         from pipeline.report import write_report
 
         paths = write_report(run_dir, run_dir / "report")
@@ -46,7 +57,10 @@ def main(argv: list[str] | None = None) -> int:
             print(table.read_text())
         print(f"report: {run_dir / 'report' / 'index.md'}")
     print(json.dumps(summary, indent=2))
-    return 0
+    for failure in summary.get("failures", []):
+        print(f"FAILED {failure['scenario']} {failure['mode']} ({', '.join(failure['methods'])}): "
+              f"{failure['error']}", file=sys.stderr)
+    return 1 if summary.get("failures") else 0
 
 
 if __name__ == "__main__":

@@ -88,6 +88,9 @@ class RayConfig:
     max_failures: int = 2
     group_independent: bool = False  # one Train run for all independent tasks (saves start-up on small runs)
     eval_cpus: float = 0.5
+    max_concurrent_units: int = 0   # Train runs in flight; 0 = what the cluster holds now (raise it under an autoscaler)
+    train_images_per_gpu_s: float = 0.0   # for --plan's estimate; 0 = the backbone's assumed figure
+    eval_images_per_gpu_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -257,6 +260,10 @@ def validate(cfg: BenchmarkConfig) -> BenchmarkConfig:
         raise ConfigError(f"ray.use_gpu: {cfg.ray.use_gpu!r} is not auto, true or false")
     if cfg.ray.num_workers < 0:
         raise ConfigError(f"ray.num_workers: must be >= 0, got {cfg.ray.num_workers}")
+    if cfg.ray.max_concurrent_units < 0:
+        raise ConfigError(f"ray.max_concurrent_units: must be >= 0, got {cfg.ray.max_concurrent_units}")
+    if cfg.ray.max_failures < 0:
+        raise ConfigError(f"ray.max_failures: must be >= 0, got {cfg.ray.max_failures}")
     return cfg
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -119,10 +119,17 @@ def train_task(
     regularizer: LwF | EWC | None = None,
     label_map: torch.Tensor | None = None,
     on_epoch_end=None,
+    save_state: Callable[[int, torch.optim.Optimizer], None] | None = None,
+    resume: tuple[int, dict] | None = None,
 ) -> dict[str, float]:
     """Fine-tune ``model.visual`` on one task; returns the mean loss of the last epoch.
 
     ``label_map`` maps dataset labels to rows of ``head`` (task-local labels).
+    ``save_state(epochs_done, optimizer)`` is called after every epoch but the last, and
+    ``resume=(epochs_done, optimizer_state)`` continues from such a state (the caller loads the
+    weights): the learning-rate schedule and, through ``set_epoch`` on the loader, the data
+    order of each epoch are functions of the epoch index, so a resumed task ends where an
+    uninterrupted one would.
     """
     device = torch.device(device)
     model.to(device)
@@ -131,11 +138,18 @@ def train_task(
     params = [p for p in model.visual.parameters() if p.requires_grad]
     fused = device.type == "cuda"
     optimizer = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay, fused=fused)
+    start_epoch = 0
+    if resume is not None:
+        start_epoch, optimizer_state = resume
+        optimizer.load_state_dict(optimizer_state)
     total = max(1, recipe.epochs * steps_per_epoch)
+    offset = start_epoch * steps_per_epoch
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: cosine_with_warmup(s, recipe.warmup_steps, total))
+        optimizer, lambda s: cosine_with_warmup(s + offset, recipe.warmup_steps, total))
     last = float("nan")
-    for epoch in range(recipe.epochs):
+    for epoch in range(start_epoch, recipe.epochs):
+        if hasattr(loader, "set_epoch"):
+            loader.set_epoch(epoch)
         model.train()
         running = torch.zeros((), device=device)
         seen = 0
@@ -161,6 +175,8 @@ def train_task(
             raise NonFiniteLossError(f"non-finite training loss ({last}) in epoch {epoch + 1}")
         if on_epoch_end is not None:
             on_epoch_end(epoch, last)
+        if save_state is not None and epoch + 1 < recipe.epochs:
+            save_state(epoch + 1, optimizer)
     model.eval()
     return {"loss": last, "epochs": float(recipe.epochs)}
 

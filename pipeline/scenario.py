@@ -13,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Subset, TensorDataset
 
 from pipeline.config import BenchmarkConfig, ModelConfig, ScenarioConfig
 from pipeline.data import DatasetBundle, load_dataset
@@ -50,6 +50,22 @@ def _materialize(dataset: Dataset, batch_size: int = 512) -> TensorDataset:
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
     xs, ys = zip(*loader)
     return TensorDataset(torch.cat(xs), torch.cat([torch.as_tensor(y) for y in ys]))
+
+
+class EpochShuffle(RandomSampler):
+    """A shuffle whose order in epoch e depends only on (seed, e), like DistributedSampler's.
+
+    A worker that resumes a task at epoch e then sees the batches an uninterrupted run would
+    have seen. Being a RandomSampler, Ray Train's ``prepare_data_loader`` still shuffles under DDP.
+    """
+
+    def __init__(self, data_source: Dataset, seed: int) -> None:
+        super().__init__(data_source, generator=torch.Generator())
+        self.seed = int(seed)
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.generator.manual_seed(self.seed * 100_003 + int(epoch))
 
 
 @dataclass
@@ -100,10 +116,9 @@ class Scenario:
     def train_loader(self, tasks: Sequence[int], seed: int, batch_size: int,
                      workers: int = 0) -> DataLoader:
         idx = np.concatenate([self.train_task_idx[t] for t in tasks])
-        generator = torch.Generator().manual_seed(seed)
-        return DataLoader(Subset(self.data.train, idx.tolist()), batch_size=batch_size, shuffle=True,
-                          generator=generator, num_workers=workers, drop_last=False,
-                          persistent_workers=False)
+        subset = Subset(self.data.train, idx.tolist())
+        return DataLoader(subset, batch_size=batch_size, sampler=EpochShuffle(subset, seed),
+                          num_workers=workers, drop_last=False, persistent_workers=False)
 
     def test_loader(self, batch_size: int, workers: int = 0) -> DataLoader:
         idx = np.concatenate(self.test_task_idx) if not self.domain_incremental else np.arange(len(self.data.test))

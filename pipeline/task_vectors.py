@@ -67,13 +67,19 @@ def load_tensors(path: str | os.PathLike, expected: Mapping[str, torch.Tensor] |
     except (SafetensorError, OSError, ValueError) as err:
         raise CorruptCheckpointError(f"{path} is not a readable safetensors file: {err}") from err
     if expected is not None:
-        for key, ref in expected.items():
-            if key not in tensors:
-                raise ValueError(f"{path}: missing tensor {key!r}")
-            if tuple(tensors[key].shape) != tuple(ref.shape):
-                raise ValueError(f"{path}: tensor {key!r} has shape {tuple(tensors[key].shape)}, "
-                                 f"expected {tuple(ref.shape)}")
-        extra = sorted(set(tensors) - set(expected))
-        if extra:
-            raise ValueError(f"{path}: unexpected tensor {extra[0]!r} (checkpoint of another backbone?)")
+        check_tensors(tensors, expected, path)
     return tensors
+
+
+def check_tensors(tensors: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor],
+                  where: str | os.PathLike) -> None:
+    """Raise ValueError naming the first tensor of ``where`` that is missing, extra or mis-shaped."""
+    for key, ref in expected.items():
+        if key not in tensors:
+            raise ValueError(f"{where}: missing tensor {key!r}")
+        if tuple(tensors[key].shape) != tuple(ref.shape):
+            raise ValueError(f"{where}: tensor {key!r} has shape {tuple(tensors[key].shape)}, "
+                             f"expected {tuple(ref.shape)}")
+    extra = sorted(set(tensors) - set(expected))
+    if extra:
+        raise ValueError(f"{where}: unexpected tensor {extra[0]!r} (checkpoint of another backbone?)")

@@ -17,45 +17,69 @@ from typing import Callable
 
 import torch
 
-from pipeline.config import BenchmarkConfig, ScenarioConfig, to_dict
+from pipeline.config import BenchmarkConfig, ScenarioConfig
 from pipeline.evaluation import accuracy, predict
 from pipeline.finetune import EWC, LwF, Recipe, frozen_copy, train_task
 from pipeline.models import load_visual_state, visual_state
 from pipeline.scenario import Scenario
-from pipeline.task_vectors import load_tensors, save_tensors
+from pipeline.storage import CheckpointStore, TrainState
 
 MODES = ("seq", "ind", "lwf", "ewc", "joint")
 
 
 @dataclass(frozen=True)
 class ChainUnit:
-    """What determines a set of fine-tuned checkpoints (and so its cache key)."""
+    """A set of fine-tuned checkpoints one Train run produces (its folder is content-addressed)."""
 
     scenario: ScenarioConfig
     mode: str                      # seq | ind | lwf | ewc | joint
     tasks: tuple[int, ...]         # task indices this unit trains (joint: all, trained at once)
 
     def key(self, cfg: BenchmarkConfig) -> str:
-        """Content address: backbone, data, scenario, mode, starting point, recipe, seed, tasks."""
-        f = cfg.finetune
-        determinants = {
-            "model": to_dict(cfg.model), "data_root": str(Path(cfg.data_root).resolve().name),
-            "scenario": to_dict(self.scenario), "mode": self.mode,
-            "tasks": list(self.tasks) if self.mode == "ind" else None,
-            "recipe": {k: v for k, v in to_dict(f).items() if k not in ("loader_workers",)},
-            "seed": cfg.seed, "max_eval": None,
-        }
-        blob = json.dumps(determinants, sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
+        """Content address of the unit's folder: everything its weights depend on, nothing else.
+
+        Independent tasks share one folder per scenario (one file per task), so however they are
+        grouped into Train runs they are trained once; only the chained modes depend on the
+        starting point, and only LwF/EWC on their own hyper-parameters.
+        """
+        return checkpoint_key(cfg, self.scenario, self.mode)
 
     @property
     def label(self) -> str:
         suffix = "" if self.mode != "ind" or len(self.tasks) != 1 else f"-t{self.tasks[0]}"
         return f"{self.scenario.label.replace('/', '_')}-{self.mode}{suffix}"
 
+    @property
+    def outputs(self) -> list[int]:
+        """The tasks that leave a checkpoint (joint: one, named after the last task)."""
+        return [self.tasks[-1]] if self.mode == "joint" else list(self.tasks)
 
-def checkpoint_path(unit_dir: str | Path, task: int) -> Path:
-    return Path(unit_dir) / f"task_{task:03d}.safetensors"
+
+def checkpoint_key(cfg: BenchmarkConfig, scenario: ScenarioConfig, mode: str) -> str:
+    from pipeline.scenario import DEFAULT_EPOCHS
+
+    f = cfg.finetune
+    recipe = {"lr": f.lr, "weight_decay": f.weight_decay, "batch_size": f.batch_size,
+              "epochs": f.epochs or DEFAULT_EPOCHS.get(scenario.dataset, 10),
+              "warmup_steps": f.warmup_steps, "grad_clip": f.grad_clip, "precision": f.precision}
+    if mode in ("seq", "lwf", "ewc"):
+        recipe["start_from"] = f.start_from
+    if mode == "lwf":
+        recipe.update(lwf_lambda=f.lwf_lambda, lwf_temperature=f.lwf_temperature)
+    if mode == "ewc":
+        recipe.update(ewc_lambda=f.ewc_lambda, ewc_fisher_batches=f.ewc_fisher_batches)
+    data_root = cfg.data_root if "://" in cfg.data_root else str(Path(cfg.data_root).resolve())
+    determinants = {
+        "backbone": [cfg.model.backbone, cfg.model.pretrained], "data_root": data_root,
+        "dataset": scenario.dataset, "kind": scenario.kind, "tasks": scenario.tasks,
+        "class_order_seed": scenario.class_order_seed, "mode": mode, "recipe": recipe, "seed": cfg.seed,
+    }
+    blob = json.dumps(determinants, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def checkpoint_path(unit_dir: str | Path, task: int) -> str:
+    return CheckpointStore(unit_dir).task_file(task)
 
 
 def recipe_from(cfg: BenchmarkConfig, epochs: int) -> Recipe:
@@ -74,14 +98,21 @@ def run_chain(
     unit_dir: str | Path,
     *,
     device: str | torch.device = "cpu",
-    on_task_done: Callable[[int, Path, dict], None] | None = None,
+    on_task_done: Callable[[int, str, dict], None] | None = None,
+    on_epoch_done: Callable[[int, int, float], None] | None = None,
     wrap_visual: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
     wrap_loader: Callable | None = None,
     is_writer: bool = True,
-) -> list[Path]:
-    """Fine-tune the unit's tasks, writing one checkpoint per task; resume after the last one found."""
+    metadata: dict[str, str] | None = None,
+) -> list[str]:
+    """Fine-tune the unit's tasks, one checkpoint per task and an epoch state while a task runs.
+
+    Whatever the store already holds is reused: finished tasks are loaded, and a task with an
+    epoch state continues after its last finished epoch, so a restarted worker redoes at most
+    one epoch. Returns the checkpoint locations of ``unit.outputs``.
+    """
     cfg = scn.cfg
-    unit_dir = Path(unit_dir)
+    store = CheckpointStore(unit_dir)
     f = cfg.finetune
     recipe = recipe_from(cfg, scn.epochs)
     sequential = unit.mode in ("seq", "lwf", "ewc")
@@ -90,22 +121,18 @@ def run_chain(
     if wrap_visual is not None:
         model.visual = wrap_visual(model.visual)
     first_state: dict[str, torch.Tensor] | None = None
-    paths: list[Path] = []
-    tasks = list(unit.tasks)
-    if unit.mode == "joint":
-        tasks = [tasks[-1]]  # one checkpoint, named after the last task, trained on all of them
+    paths: list[str] = []
+    tasks = unit.outputs
 
     for i, task in enumerate(tasks):
-        path = checkpoint_path(unit_dir, task)
-        done = path.is_file()
+        done = store.has(task)
         if done:
-            state = load_tensors(path, scn.theta0)
-            paths.append(path)
+            state = store.load(task, scn.theta0)
+            paths.append(store.task_file(task))
         if ewc is not None and i > 0 and not done and not ewc.fisher:
             # resumed mid-chain: rebuild the Fisher of the finished tasks before going on
             for prev in tasks[:i]:
-                prev_state = load_tensors(checkpoint_path(unit_dir, prev), scn.theta0)
-                _load(model, prev_state)
+                _load(model, store.load(prev, scn.theta0))
                 head, lmap = scn.train_head(prev)
                 ewc.consolidate(model, _mapped(scn.train_loader([prev], cfg.seed, f.batch_size), lmap),
                                 head, torch.device(device), f.ewc_fisher_batches)
@@ -129,43 +156,64 @@ def run_chain(
             loader = wrap_loader(loader)
         regularizer = None
         if unit.mode == "lwf" and i > 0:
+            # the teacher is the previous task's final model, also when this task resumes mid-way
             seen = sorted({c for t in tasks[:i] for c in scn.task_classes[t]})
             regularizer = LwF(frozen_copy(model), scn.head[seen], f.lwf_lambda, f.lwf_temperature)
         elif ewc is not None:
             regularizer = ewc
+        resume = None
+        saved = store.load_epoch(task, scn.theta0)
+        if saved is not None and saved.epoch < recipe.epochs:
+            _load(model, saved.weights)
+            resume = (saved.epoch, saved.optimizer)
+
+        def save_state(epochs_done: int, optimizer: torch.optim.Optimizer, task: int = task) -> None:
+            if is_writer:
+                store.save_epoch(task, TrainState(epochs_done, _state(model), optimizer.state_dict()))
+
+        def epoch_done(epoch: int, loss: float, task: int = task) -> None:
+            if on_epoch_done is not None:
+                on_epoch_done(task, epoch, loss)
+
         torch.manual_seed(cfg.seed * 1000 + task)
         n = sum(len(scn.train_task_idx[t]) for t in train_tasks)
-        stats = train_task(model, _mapped(loader, lmap), head, recipe,
-                           steps_per_epoch=_steps(n, f.batch_size), device=device, regularizer=regularizer)
+        stats = train_task(model, _mapped(loader, lmap), head, recipe, steps_per_epoch=_steps(n, f.batch_size),
+                           device=device, regularizer=regularizer, on_epoch_end=epoch_done,
+                           save_state=save_state, resume=resume)
         if ewc is not None:
             ewc.consolidate(model, _mapped(scn.train_loader([task], cfg.seed, f.batch_size), lmap), head,
                             torch.device(device), f.ewc_fisher_batches)
         state = _state(model)
         if is_writer:
-            save_tensors(state, path, metadata={"unit": unit.label, "task": str(task)})
+            store.save(task, state, metadata={"unit": unit.label, "task": str(task), **(metadata or {})})
         if task == tasks[0]:
             first_state = state
-        paths.append(path)
+        paths.append(store.task_file(task))
         if on_task_done is not None:
-            on_task_done(task, path, stats)
+            on_task_done(task, store.task_file(task), stats)
     return paths
 
 
 def _mapped(loader, label_map):
     """Batches with dataset labels mapped to task-head rows (mapping done in the loop)."""
-    return loader if label_map is None else _MapLabels(loader, label_map)
+    return _MapLabels(loader, label_map)
 
 
 class _MapLabels:
-    def __init__(self, loader, label_map: torch.Tensor) -> None:
+    def __init__(self, loader, label_map: torch.Tensor | None) -> None:
         self.loader, self.label_map = loader, label_map
 
     def __iter__(self):
         for images, labels in self.loader:
-            yield images, self.label_map[torch.as_tensor(labels)]
+            yield images, labels if self.label_map is None else self.label_map[torch.as_tensor(labels)]
 
     def __len__(self) -> int:
         return len(self.loader)
+
+    def set_epoch(self, epoch: int) -> None:
+        sampler = getattr(self.loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
 
 
 def _unwrap(visual: torch.nn.Module) -> torch.nn.Module:

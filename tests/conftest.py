@@ -21,6 +21,11 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 
 
+def pytest_collection_modifyitems(config, items):
+    # `ray stop` in a ray_cli test ends every Ray process on the machine: those tests go last
+    items.sort(key=lambda item: item.get_closest_marker("ray_cli") is not None)
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     import ray

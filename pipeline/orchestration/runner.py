@@ -1,8 +1,11 @@
 """The benchmark driver: plan units, fine-tune on Ray Train, merge in actors, sweep on Tune, write Parquet.
 
-Everything expensive is cached under ``storage``: fine-tuned checkpoints by content address
-(``checkpoints/<key>/task_NNN.safetensors``), results per scenario and part
-(``<run>/results/<scenario>/<part>.parquet``). A rerun skips whatever already exists.
+Everything expensive is cached under ``storage`` (a local folder or a pyarrow URI): fine-tuned
+checkpoints by content address (``checkpoints/<key>/task_NNN.safetensors``, shared by every run
+and table that needs them), results per scenario and part
+(``<run>/results/<scenario>/<part>.parquet``). A rerun skips whatever already exists, and a run
+whose results all exist does not even start Ray. A unit that fails for good is recorded in its
+scenario's ``failures.json``; the other units and scenarios finish, and a rerun retries it.
 """
 
 from __future__ import annotations
@@ -17,11 +20,19 @@ from typing import Any, Callable
 
 import numpy as np
 import ray
+import yaml
 
-from pipeline import analysis, merging, metrics
-from pipeline.config import BenchmarkConfig, ScenarioConfig, config_hash, save_config
-from pipeline.results import code_version, make_rows, read_run, unit_done, write_unit
-from pipeline.task_vectors import load_tensors, task_vector
+from pipeline import analysis, merging, metrics, storage
+from pipeline.config import BenchmarkConfig, ConfigError, ScenarioConfig, config_hash, to_dict
+from pipeline.orchestration.plan import (
+    FAILURES_FILE,
+    MODE_METHODS,
+    Plan,
+    build_plan,
+    scenario_dir,
+)
+from pipeline.results import code_version, make_rows, read_run, write_unit
+from pipeline.task_vectors import task_vector
 
 Log = Callable[[str], None]
 
@@ -42,8 +53,8 @@ def init_ray(cfg: BenchmarkConfig, log: Log = print) -> None:
     ray.init(address=address, include_dashboard=False, log_to_driver=False,
              configure_logging=True, logging_level="ERROR")
     log(f"ray: {'joined ' + address if address else 'local cluster'} "
-        f"{ray.cluster_resources().get('CPU', 0):.0f} CPUs, {ray.cluster_resources().get('GPU', 0):.0f} GPUs "
-        f"({time.time() - start:.1f}s)")
+        f"{ray.cluster_resources().get('CPU', 0):.0f} CPUs, {ray.cluster_resources().get('GPU', 0):.0f} GPUs, "
+        f"{len(ray.nodes())} node(s) ({time.time() - start:.1f}s)")
 
 
 def prepare_data(cfg: BenchmarkConfig, log: Log = print) -> None:
@@ -56,74 +67,158 @@ def prepare_data(cfg: BenchmarkConfig, log: Log = print) -> None:
         write_image_folder(target, seed=0)
 
 
+def _result_identity(cfg: BenchmarkConfig) -> dict:
+    """The config minus what cannot change results (how Ray runs it)."""
+    tree = to_dict(cfg)
+    tree.pop("ray")
+    return tree
+
+
+def check_run_dir(cfg: BenchmarkConfig, run_dir: str) -> None:
+    """Refuse to mix results of two configs under one run name (a rerun would skip stale parts)."""
+    path = storage.join(run_dir, "config.yaml")
+    if not storage.exists(path):
+        return
+    saved = yaml.safe_load(storage.read_text(path)) or {}
+    saved.pop("ray", None)
+    mine = _result_identity(cfg)
+    if saved != mine:
+        diff = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k))
+        raise ConfigError(f"{run_dir} holds results of a different config (differs in {diff}); "
+                          f"choose another name= or storage=, or delete that run folder")
+
+
 def run_benchmark(cfg: BenchmarkConfig, log: Log = print) -> dict[str, Any]:
-    """Run every scenario of ``cfg``; returns the summary of the first scenario."""
+    """Run every scenario of ``cfg``; returns the summary of the first scenario (plus failures)."""
     start = time.time()
     cfg = resolve_paths(cfg)
-    run_dir = Path(cfg.storage) / cfg.name
-    save_config(cfg, run_dir / "config.yaml")
-    prepare_data(cfg, log)
-    init_ray(cfg, log)
-    summaries = [run_scenario(cfg, s, run_dir, log) for s in cfg.scenarios]
-    summary = dict(summaries[0])
+    run_dir = storage.join(cfg.storage, cfg.name)
+    check_run_dir(cfg, run_dir)
+    storage.write_text(storage.join(run_dir, "config.yaml"), yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    plan = build_plan(cfg)
+    failures: list[dict[str, str]] = []
+    if all(plan.scenarios_done.values()):
+        log(f"{cfg.name}: every scenario's results exist under {run_dir}; nothing to do")
+    else:
+        prepare_data(cfg, log)
+        init_ray(cfg, log)
+        outcomes = fit_units(cfg, plan, log)
+        for s in cfg.scenarios:
+            if plan.scenarios_done[s.label]:
+                log(f"{s.label}: results exist in {scenario_dir(run_dir, s)}, skipping")
+                continue
+            failures += run_scenario(cfg, s, run_dir, _scenario_paths(cfg, plan, s, outcomes), log)
+    summaries = [summarize(read_run(scenario_dir(run_dir, s))) for s in cfg.scenarios
+                 if storage.exists(storage.join(scenario_dir(run_dir, s), "final.parquet"))]
+    summary = dict(summaries[0]) if summaries else {}
     summary["wall_seconds"] = round(time.time() - start, 1)
-    tmp = run_dir / ".summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2))
-    os.replace(tmp, run_dir / "summary.json")
+    summary["fine_tuned_tasks"] = sum(len(u.unit.outputs) - len(u.cached) for u in plan.pending)
+    summary["failures"] = failures
+    storage.write_text(storage.join(run_dir, "summary.json"), json.dumps(summary, indent=2))
     return summary
 
 
-def _scenario_dir(run_dir: Path, scenario: ScenarioConfig) -> Path:
-    return run_dir / "results" / scenario.label.replace("/", "_")
+def _capacity(cfg: BenchmarkConfig) -> int:
+    """How many Train runs to keep in flight: more would only start controllers that wait."""
+    if cfg.ray.max_concurrent_units:
+        return cfg.ray.max_concurrent_units
+    from pipeline.orchestration.train import use_gpu
+
+    res = ray.cluster_resources()
+    workers = max(1, cfg.ray.num_workers)
+    slots = res.get("CPU", 1) // (cfg.ray.cpus_per_worker * workers)
+    if use_gpu(cfg):
+        slots = min(slots, res.get("GPU", 0) // (cfg.ray.gpus_per_worker * workers))
+    return max(1, int(slots))
 
 
-def run_scenario(cfg: BenchmarkConfig, scenario: ScenarioConfig, run_dir: Path, log: Log = print) -> dict:
+def fit_units(cfg: BenchmarkConfig, plan: Plan, log: Log = print) -> dict[int, list[str] | Exception]:
+    """Fine-tune every pending unit of the plan, concurrently; one unit's failure stops only it."""
+    from pipeline.orchestration.train import fit_unit_task
+
+    outcomes: dict[int, list[str] | Exception] = {}
+    for i, u in enumerate(plan.units):
+        if u.done:
+            outcomes[i] = [storage.join(u.folder, f"task_{t:03d}.safetensors") for t in u.unit.outputs]
+    queue = [i for i, u in enumerate(plan.units) if not u.done]
+    if not queue:
+        return outcomes
+    t0 = time.time()
+    slots = _capacity(cfg)
+    train_root = storage.join(cfg.storage, "ray_train")
+    pending: dict[ray.ObjectRef, int] = {}
+    while queue or pending:
+        while queue and len(pending) < slots:
+            i = queue.pop(0)
+            u = plan.units[i]
+            # a lost node takes the driving task with it: Ray reruns it, the unit resumes from its folder
+            ref = fit_unit_task.options(max_retries=cfg.ray.max_failures, retry_exceptions=False) \
+                .remote(cfg, u.unit, u.folder, train_root)
+            pending[ref] = i
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        for ref in ready:
+            i = pending.pop(ref)
+            try:
+                outcomes[i] = ray.get(ref)
+            except Exception as err:  # recorded and reported, the other units go on
+                outcomes[i] = err
+                log(f"unit {plan.units[i].unit.label} failed: {_short(err)}")
+    log(f"{len(plan.pending)} fine-tuning units run in {time.time() - t0:.1f}s")
+    return outcomes
+
+
+def _short(err: Exception) -> str:
+    text = str(err).strip().splitlines()
+    tail = [line for line in text if "Error" in line]
+    return (tail[-1] if tail else text[-1] if text else type(err).__name__)[:500]
+
+
+def _scenario_paths(cfg: BenchmarkConfig, plan: Plan, scenario: ScenarioConfig,
+                    outcomes: dict[int, list[str] | Exception]) -> dict[str, list[str] | Exception]:
+    """Checkpoint paths per fine-tuning mode of one scenario (or the error that stopped a mode)."""
+    from pipeline.orchestration.plan import num_tasks
+    from pipeline.orchestration.train import scenario_units
+
+    index = {(u.unit.key(cfg), u.unit.tasks): i for i, u in enumerate(plan.units)}
+    paths: dict[str, list[str] | Exception] = {}
+    for unit in scenario_units(cfg, scenario, num_tasks(scenario)):
+        got = outcomes[index[(unit.key(cfg), unit.tasks)]]
+        if isinstance(got, Exception) or isinstance(paths.get(unit.mode), Exception):
+            paths[unit.mode] = paths.get(unit.mode) if isinstance(paths.get(unit.mode), Exception) else got
+            continue
+        paths.setdefault(unit.mode, []).extend(got)  # type: ignore[union-attr]
+    return paths
+
+
+def run_scenario(cfg: BenchmarkConfig, scenario: ScenarioConfig, run_dir: str,
+                 unit_paths: dict[str, list[str] | Exception], log: Log = print) -> list[dict[str, str]]:
+    """Merge, evaluate and sweep one scenario from its fine-tuned checkpoints; write its Parquet.
+
+    Methods whose fine-tuning failed are left out and the failure is written to the scenario's
+    ``failures.json`` (removed again once a rerun succeeds). Returns the failures.
+    """
     from pipeline.orchestration.evaluate import evaluate_many
     from pipeline.orchestration.magmax_actor import MagMaxActor
     from pipeline.orchestration.sweep import run_sweep
-    from pipeline.orchestration.train import fit_unit_task, scenario_units
     from pipeline.scenario import build_scenario
+    from pipeline.storage import read_tensors
 
-    out_dir = _scenario_dir(run_dir, scenario)
-    parts = {p: out_dir / f"{p}.parquet" for p in ("final", "matrix", "sweep", "analysis")}
-    if all(unit_done(p) for p in parts.values()):
-        log(f"{scenario.label}: results exist in {out_dir}, skipping")
-        return summarize(read_run(out_dir))
-
+    out_dir = scenario_dir(run_dir, scenario)
+    parts = {p: storage.join(out_dir, f"{p}.parquet") for p in ("final", "matrix", "sweep", "analysis")}
+    failed = {mode: err for mode, err in unit_paths.items() if isinstance(err, Exception)}
+    failures = [{"scenario": scenario.label, "mode": mode, "methods": sorted(set(cfg.methods) & MODE_METHODS[mode]),
+                 "error": _short(err)} for mode, err in failed.items()]
+    paths: dict[str, list[str]] = {m: p for m, p in unit_paths.items() if not isinstance(p, Exception)}
     scn = build_scenario(cfg, scenario)
     T = scn.num_tasks
     common = {"run": cfg.name, "scenario": scenario.label, "dataset": scenario.dataset,
               "backbone": scn.clip.name, "seed": cfg.seed, "config_hash": config_hash(cfg),
               "code_version": code_version()}
-    methods = set(cfg.methods)
-
-    # 1. fine-tuning units, all launched at once; Ray runs them as capacity allows
-    units = scenario_units(cfg, scenario, T)
-    ckpt_root = Path(cfg.storage) / "checkpoints"
-    train_root = str(Path(cfg.storage) / "ray_train")
-    t0 = time.time()
-    # at most as many Train runs in flight as the cluster can host workers for: more only
-    # start controllers that wait and compete for the same cores
-    per_unit = cfg.ray.cpus_per_worker * max(1, cfg.ray.num_workers)
-    slots = max(1, int(ray.cluster_resources().get("CPU", 1) // per_unit))
-    done: dict = {}
-    pending: dict = {}
-    queue = list(units)
-    while queue or pending:
-        while queue and len(pending) < slots:
-            u = queue.pop(0)
-            pending[fit_unit_task.remote(cfg, u, str(ckpt_root / u.key(cfg)), train_root)] = u
-        ready, _ = ray.wait(list(pending), num_returns=1)
-        for ref in ready:
-            done[pending.pop(ref)] = ray.get(ref)
-    paths: dict[str, list[str]] = {}
-    for unit in units:
-        paths.setdefault(unit.mode, []).extend(done[unit])
-    log(f"{scenario.label}: {len(units)} fine-tuning units done in {time.time() - t0:.1f}s")
+    methods = set(cfg.methods) - {m for mode in failed for m in MODE_METHODS[mode]}
 
     # 2. task vectors and merges; the running MagMax vector lives in one actor per mode
     theta0 = scn.theta0
-    tvs = {mode: [task_vector(load_tensors(p, theta0), theta0) for p in paths[mode]]
+    tvs = {mode: [task_vector(read_tensors(p, theta0), theta0) for p in paths[mode]]
            for mode in ("seq", "ind", "lwf", "ewc") if mode in paths}
     theta0_ref = ray.put(theta0)
     running: dict[str, list[ray.ObjectRef]] = {}
@@ -131,10 +226,11 @@ def run_scenario(cfg: BenchmarkConfig, scenario: ScenarioConfig, run_dir: Path, 
         if mode not in tvs or method not in methods:
             continue
         actor = MagMaxActor.options(name=f"magmax:{cfg.name}:{scenario.label}:{mode}", get_if_exists=True) \
-            .remote(str(run_dir / "actors" / f"{scenario.label.replace('/', '_')}-{mode}"))
+            .remote(storage.join(run_dir, "actors", f"{scenario.label.replace('/', '_')}-{mode}"))
         running[method] = []
-        for t, tv in enumerate(tvs[mode]):
-            ray.get(actor.add.remote(f"task{t}", ray.put(tv)))
+        for t, (path, tv) in enumerate(zip(paths[mode], tvs[mode])):
+            # the tag is the checkpoint's content address: a restarted actor skips what it folded
+            ray.get(actor.add.remote(f"{Path(path).parent.name}/{t}", ray.put(tv)))
             running[method].append(actor.value.remote())
         # results of actor calls are owned by this driver: once they exist, the actor can go
         ray.wait(running[method], num_returns=len(running[method]), fetch_local=False)
@@ -200,8 +296,9 @@ def run_scenario(cfg: BenchmarkConfig, scenario: ScenarioConfig, run_dir: Path, 
         if method in merged:
             trials += [{"method": method, "lam": lam, "role": "sweep"} for lam in m.sweep_lambdas]
     t0 = time.time()
-    swept = run_sweep(cfg, scenario, merged, trials, str(Path(cfg.storage) / "ray_tune"),
-                      f"sweep-{cfg.name}-{scenario.label.replace('/', '_')}-{config_hash(cfg)}")
+    # named by config and trial grid: Tuner.restore only finishes the grid it started with
+    swept = run_sweep(cfg, scenario, merged, trials, storage.join(cfg.storage, "ray_tune"),
+                      f"sweep-{cfg.name}-{scenario.label.replace('/', '_')}-{config_hash([cfg, trials])}")
     log(f"{scenario.label}: {len(trials)} merge trials on Tune in {time.time() - t0:.1f}s")
     sweep_rows = []
     for tr in swept:
@@ -231,7 +328,12 @@ def run_scenario(cfg: BenchmarkConfig, scenario: ScenarioConfig, run_dir: Path, 
     for part, rows in (("matrix", matrix_rows), ("sweep", sweep_rows), ("analysis", analysis_rows),
                        ("final", final_rows)):
         write_unit(make_rows(common, rows), parts[part])
-    return summarize(read_run(out_dir))
+    failures_path = storage.join(out_dir, FAILURES_FILE)
+    if failures:
+        storage.write_text(failures_path, json.dumps(failures, indent=2))
+    else:
+        storage.delete(failures_path)
+    return failures
 
 
 def _matrix(rows: list[dict], method: str, T: int) -> np.ndarray:

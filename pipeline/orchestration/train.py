@@ -1,22 +1,31 @@
-"""Fine-tuning units on Ray Train: one ``TorchTrainer`` per chain of tasks.
+"""Fine-tuning units on Ray Train: one ``TorchTrainer`` per unit of the plan.
 
-Every finished task writes its image-tower checkpoint (safetensors) into the unit's
-content-addressed folder under ``storage``, and the same folder is reported to Ray Train as the
-run's checkpoint; on a worker failure ``FailureConfig`` restarts the worker group and the chain
-resumes after the last finished task.
+The unit's content-addressed folder under ``storage`` is the source of truth: every finished
+task leaves its safetensors checkpoint there and every finished epoch an epoch state. When a
+worker or node is lost, ``FailureConfig`` restarts the worker group (and the driver-side Ray task
+is retried if its node went), and ``run_chain`` picks up after the last epoch in the folder. What
+is reported to Ray Train per epoch is a small manifest (task, epoch, loss, node), so Ray never
+copies model weights around.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import ray
 import torch
 
+from pipeline.storage import CheckpointStore
 from pipeline.config import BenchmarkConfig, ScenarioConfig
-from pipeline.units import ChainUnit, checkpoint_path
+from pipeline.units import ChainUnit
+
+
+class UnitFailedError(RuntimeError):
+    """A unit stopped for a reason a retry cannot fix (e.g. a non-finite loss)."""
 
 
 def use_gpu(cfg: BenchmarkConfig) -> bool:
@@ -26,40 +35,48 @@ def use_gpu(cfg: BenchmarkConfig) -> bool:
     return cfg.ray.use_gpu == "true"
 
 
-def _train_loop(config: dict[str, Any]) -> None:
-    """Ray Train worker function: run the chain, report each task's checkpoint."""
+def _train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
+    """Ray Train worker function: run the chain, report every epoch; returns a failure, if any."""
     import ray.train
     import ray.train.torch
 
+    from pipeline.finetune import NonFiniteLossError
     from pipeline.scenario import build_scenario
     from pipeline.units import run_chain
 
     cfg: BenchmarkConfig = config["cfg"]
     unit: ChainUnit = config["unit"]
-    unit_dir = Path(config["unit_dir"])
     ctx = ray.train.get_context()
-    world = ctx.get_world_size()
-    rank = ctx.get_world_rank()
+    world, rank = ctx.get_world_size(), ctx.get_world_rank()
     torch.set_num_threads(max(1, int(config.get("threads", 1))))
     device = ray.train.torch.get_device() if config["use_gpu"] else torch.device("cpu")
+    node = ray.get_runtime_context().get_node_id()
     scn = build_scenario(cfg, unit.scenario)
 
-    def report(task: int, path: Path, stats: dict) -> None:
-        metrics = {"task": task, "loss": stats["loss"]}
-        if rank == 0:
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(unit_dir)))
-        else:
+    def report(task: int, epoch: int, loss: float) -> None:
+        metrics = {"task": task, "epoch": epoch + 1, "loss": loss, "node": node}
+        if rank != 0:
             ray.train.report(metrics)
+            return
+        # metrics are only kept with a checkpoint (Train V2): a manifest, never the weights
+        with tempfile.TemporaryDirectory() as tmp:
+            Path(tmp, "manifest.json").write_text(json.dumps({**metrics, "store": config["unit_dir"]}))
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
     wrap_visual = ray.train.torch.prepare_model if world > 1 else None
     wrap_loader = ray.train.torch.prepare_data_loader if world > 1 else None
-    run_chain(scn, unit, unit_dir, device=device, on_task_done=report, wrap_visual=wrap_visual,
-              wrap_loader=wrap_loader, is_writer=rank == 0)
+    try:
+        run_chain(scn, unit, config["unit_dir"], device=device, on_epoch_done=report, wrap_visual=wrap_visual,
+                  wrap_loader=wrap_loader, is_writer=rank == 0, metadata={"node": node})
+    except NonFiniteLossError as err:
+        # deterministic: restarting the worker group would only repeat it
+        return {"error": f"{type(err).__name__}: {err}"}
+    return None
 
 
-def unit_finished(unit: ChainUnit, unit_dir: str | Path) -> bool:
-    tasks = [unit.tasks[-1]] if unit.mode == "joint" else list(unit.tasks)
-    return all(checkpoint_path(unit_dir, t).is_file() for t in tasks)
+def unit_finished(unit: ChainUnit, unit_dir: str) -> bool:
+    store = CheckpointStore(unit_dir)
+    return all(store.has(t) for t in unit.outputs)
 
 
 def fit_unit(cfg: BenchmarkConfig, unit: ChainUnit, unit_dir: str, storage_path: str) -> list[str]:
@@ -67,8 +84,9 @@ def fit_unit(cfg: BenchmarkConfig, unit: ChainUnit, unit_dir: str, storage_path:
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    store = CheckpointStore(unit_dir)
     if unit_finished(unit, unit_dir):
-        return _paths(unit, unit_dir)
+        return [store.task_file(t) for t in unit.outputs]
     gpu = use_gpu(cfg)
     resources = {"CPU": cfg.ray.cpus_per_worker}
     if gpu:
@@ -83,40 +101,38 @@ def fit_unit(cfg: BenchmarkConfig, unit: ChainUnit, unit_dir: str, storage_path:
         run_config=RunConfig(name=f"ft-{unit.label}-{Path(unit_dir).name}", storage_path=storage_path,
                              failure_config=FailureConfig(max_failures=cfg.ray.max_failures)),
     )
-    trainer.fit()
+    result = trainer.fit()
+    failure = getattr(result, "return_value", None)
+    if isinstance(failure, dict) and failure.get("error"):
+        raise UnitFailedError(f"unit {unit.label}: {failure['error']}")
     if not unit_finished(unit, unit_dir):
-        raise RuntimeError(f"unit {unit.label}: Train run ended without all checkpoints in {unit_dir}")
-    return _paths(unit, unit_dir)
+        raise UnitFailedError(f"unit {unit.label}: Train run ended without all checkpoints in {unit_dir}")
+    return [store.task_file(t) for t in unit.outputs]
 
 
-def _paths(unit: ChainUnit, unit_dir: str | Path) -> list[str]:
-    tasks = [unit.tasks[-1]] if unit.mode == "joint" else list(unit.tasks)
-    return [str(checkpoint_path(unit_dir, t)) for t in tasks]
-
-
-@ray.remote(num_cpus=0.01, max_retries=0)
+@ray.remote(num_cpus=0.01)
 def fit_unit_task(cfg: BenchmarkConfig, unit: ChainUnit, unit_dir: str, storage_path: str) -> list[str]:
-    """A Ray task that drives one TorchTrainer, so independent units fit concurrently."""
+    """A Ray task that drives one TorchTrainer, so independent units fit concurrently.
+
+    Submitted with ``max_retries``: if its node dies, Ray reruns it elsewhere and the unit
+    resumes from its folder; application errors are not retried.
+    """
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     return fit_unit(cfg, unit, unit_dir, storage_path)
 
 
 def scenario_units(cfg: BenchmarkConfig, scenario: ScenarioConfig, num_tasks: int) -> list[ChainUnit]:
     """The fine-tuning units a scenario needs for the configured methods."""
+    from pipeline.orchestration.plan import MODE_METHODS
+
     methods = set(cfg.methods)
     tasks = tuple(range(num_tasks))
     units = []
-    if methods & {"seq_ft", "magmax"}:
-        units.append(ChainUnit(scenario, "seq", tasks))
-    if methods & {"ind_ft", "maxabs", "avg", "ties", "randmix", "task_arithmetic"}:
-        if cfg.ray.group_independent:
-            units.append(ChainUnit(scenario, "ind", tasks))
-        else:
+    for mode in ("seq", "ind", "lwf", "ewc", "joint"):
+        if not methods & MODE_METHODS[mode]:
+            continue
+        if mode == "ind" and not cfg.ray.group_independent:
             units.extend(ChainUnit(scenario, "ind", (t,)) for t in tasks)
-    if methods & {"lwf", "lwf_magmax"}:
-        units.append(ChainUnit(scenario, "lwf", tasks))
-    if methods & {"ewc", "ewc_magmax"}:
-        units.append(ChainUnit(scenario, "ewc", tasks))
-    if "joint" in methods:
-        units.append(ChainUnit(scenario, "joint", tasks))
+        else:
+            units.append(ChainUnit(scenario, mode, tasks))
     return units

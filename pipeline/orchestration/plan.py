@@ -1,0 +1,205 @@
+"""The plan of a benchmark: which fine-tuning units it needs, which are cached, what is left.
+
+A config expands into units (sequential, LwF and EWC chains, independent tasks, Joint) per
+scenario; units that determine the same checkpoints (same content address and tasks) appear
+once however many scenarios or tables ask for them. ``--plan`` prints this without starting Ray
+or reading any dataset, with an estimate of the GPU-hours left. The estimate's throughputs are
+assumptions (``ASSUMED_THROUGHPUT``, overridable in the config), not measurements.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline.storage import CheckpointStore, join
+from pipeline.config import BenchmarkConfig, ScenarioConfig
+from pipeline.units import ChainUnit
+
+# which fine-tuning mode each method needs
+MODE_METHODS: dict[str, set[str]] = {
+    "seq": {"seq_ft", "magmax"},
+    "ind": {"ind_ft", "maxabs", "avg", "ties", "randmix", "task_arithmetic"},
+    "lwf": {"lwf", "lwf_magmax"},
+    "ewc": {"ewc", "ewc_magmax"},
+    "joint": {"joint"},
+}
+
+# Published train/test sizes of the paper's datasets (ImageNet-R: our recorded 80/20 split),
+# so a plan needs no data on the machine that prints it.
+DATASET_SIZES: dict[str, tuple[int, int]] = {
+    "cifar100": (50_000, 10_000), "imagenet_r": (24_000, 6_000), "cub200": (5_994, 5_794),
+    "cars": (8_144, 8_041), "domainnet": (409_832, 176_743), "dtd": (3_760, 1_880),
+    "eurosat": (21_600, 2_700), "gtsrb": (26_640, 12_630), "mnist": (60_000, 10_000),
+    "svhn": (73_257, 26_032), "resisc45": (18_900, 6_300), "sun397": (19_850, 19_850),
+    "demo_shapes": (6_000, 3_000),
+}
+
+# Images per second on one modern data-centre GPU with bf16 autocast (train, eval). Derived from
+# forward FLOPs per image (ViT-B/16 17.6 G, ViT-L/14 81 G) at ~40 % utilisation of an A100, not
+# measured by this project: set ``ray.train_images_per_gpu_s`` / ``ray.eval_images_per_gpu_s``
+# from your own runs (bench/finetune.py prints images/s).
+ASSUMED_THROUGHPUT: dict[str, tuple[float, float]] = {
+    "ViT-B-32": (3_000.0, 9_000.0), "ViT-B-16": (1_000.0, 3_000.0), "ViT-L-14": (220.0, 650.0),
+}
+
+
+def num_tasks(scenario: ScenarioConfig) -> int:
+    if scenario.kind == "domain_incremental":
+        from pipeline.scenario import DOMAIN_ORDERS
+
+        domains = DOMAIN_ORDERS.get(scenario.dataset)
+        return min(scenario.tasks, len(domains)) if domains else scenario.tasks
+    return scenario.tasks
+
+
+def epochs_of(cfg: BenchmarkConfig, scenario: ScenarioConfig) -> int:
+    from pipeline.scenario import DEFAULT_EPOCHS
+
+    return cfg.finetune.epochs or DEFAULT_EPOCHS.get(scenario.dataset, 10)
+
+
+@dataclass
+class PlannedUnit:
+    unit: ChainUnit
+    folder: str                       # content-addressed checkpoint folder
+    cached: list[int]                 # outputs already in the folder
+    scenarios: list[str] = field(default_factory=list)   # every scenario label that uses it
+
+    @property
+    def done(self) -> bool:
+        return len(self.cached) == len(self.unit.outputs)
+
+    def images_left(self, cfg: BenchmarkConfig) -> int | None:
+        """Training images still to process (epochs included), from published dataset sizes."""
+        sizes = DATASET_SIZES.get(self.unit.scenario.dataset)
+        if sizes is None:
+            return None
+        per_task = sizes[0] / num_tasks(self.unit.scenario)
+        epochs = epochs_of(cfg, self.unit.scenario)
+        if self.unit.mode == "joint":
+            return 0 if self.done else int(sizes[0] * epochs)
+        left = len(self.unit.outputs) - len(self.cached)
+        passes = 2 if self.unit.mode == "ewc" else 1  # EWC's Fisher pass after each task
+        return int(per_task * left * (epochs + passes - 1))
+
+
+@dataclass
+class Plan:
+    cfg: BenchmarkConfig
+    units: list[PlannedUnit]
+    requested: int                    # units before sharing (one list per scenario)
+    scenarios_done: dict[str, bool]   # scenario label -> its results exist
+
+    @property
+    def pending(self) -> list[PlannedUnit]:
+        return [u for u in self.units if not u.done]
+
+    def throughput(self) -> tuple[float, float]:
+        r = self.cfg.ray
+        name = self.cfg.model.backbone
+        train, ev = ASSUMED_THROUGHPUT.get(name, ASSUMED_THROUGHPUT["ViT-B-16"])
+        return (r.train_images_per_gpu_s or train, r.eval_images_per_gpu_s or ev)
+
+    def gpu_hours_left(self) -> tuple[float, float, list[str]]:
+        """(fine-tuning, evaluation) GPU-hours left, and the datasets the estimate lacks sizes for."""
+        train_rate, eval_rate = self.throughput()
+        unknown: set[str] = set()
+        train_images = 0
+        for u in self.pending:
+            n = u.images_left(self.cfg)
+            if n is None:
+                unknown.add(u.unit.scenario.dataset)
+            else:
+                train_images += n
+        eval_images = 0
+        for s in self.cfg.scenarios:
+            if self.scenarios_done.get(s.label):
+                continue
+            sizes = DATASET_SIZES.get(s.dataset)
+            if sizes is None:
+                unknown.add(s.dataset)
+                continue
+            eval_images += sizes[1] * evaluations_per_scenario(self.cfg, s)
+        return train_images / train_rate / 3600, eval_images / eval_rate / 3600, sorted(unknown)
+
+
+def evaluations_per_scenario(cfg: BenchmarkConfig, scenario: ScenarioConfig) -> int:
+    """How many full test-set evaluations the runner makes for one scenario."""
+    T = num_tasks(scenario)
+    methods = set(cfg.methods)
+    matrices = sum(1 for m in ("seq_ft", "lwf", "ewc", "magmax", "maxabs", "lwf_magmax", "ewc_magmax", "avg")
+                   if m in methods)
+    finals = sum(1 for m in ("magmax", "maxabs", "ties", "randmix", "avg", "lwf_magmax", "ewc_magmax")
+                 if m in methods)
+    sweep = len(cfg.merge.sweep_methods) * len(cfg.merge.sweep_lambdas)
+    return 1 + ("joint" in methods) + matrices * T + finals + sweep
+
+
+def scenario_dir(run_dir: str, scenario: ScenarioConfig) -> str:
+    return join(run_dir, "results", scenario.label.replace("/", "_"))
+
+
+RESULT_PARTS = ("final", "matrix", "sweep", "analysis")
+
+
+def scenario_done(run_dir: str, scenario: ScenarioConfig) -> bool:
+    from pipeline.results import unit_done
+
+    out = scenario_dir(run_dir, scenario)
+    # a recorded failure keeps the scenario open: a rerun retries the failed units
+    return all(unit_done(join(out, f"{p}.parquet")) for p in RESULT_PARTS) and \
+        not unit_done(join(out, FAILURES_FILE))
+
+
+FAILURES_FILE = "failures.json"
+
+
+def build_plan(cfg: BenchmarkConfig) -> Plan:
+    """Expand ``cfg`` into shared units and look up what ``storage`` already holds."""
+    from pipeline.orchestration.train import scenario_units
+
+    ckpt_root = join(cfg.storage, "checkpoints")
+    run_dir = join(cfg.storage, cfg.name)
+    by_id: dict[tuple[str, tuple[int, ...]], PlannedUnit] = {}
+    requested = 0
+    for scenario in cfg.scenarios:
+        for unit in scenario_units(cfg, scenario, num_tasks(scenario)):
+            requested += 1
+            key = unit.key(cfg)
+            planned = by_id.get((key, unit.tasks))
+            if planned is None:
+                folder = join(ckpt_root, key)
+                store = CheckpointStore(folder)
+                planned = PlannedUnit(unit, folder, [t for t in unit.outputs if store.has(t)])
+                by_id[(key, unit.tasks)] = planned
+            planned.scenarios.append(scenario.label)
+    done = {s.label: scenario_done(run_dir, s) for s in cfg.scenarios}
+    return Plan(cfg, list(by_id.values()), requested, done)
+
+
+def format_plan(plan: Plan) -> str:
+    cfg = plan.cfg
+    lines = [f"plan for run {cfg.name!r}: backbone {cfg.model.backbone} {cfg.model.pretrained}".rstrip(),
+             f"storage {cfg.storage}", ""]
+    header = f"{'unit':<40} {'tasks':>5} {'cached':>7} {'GPU-h left':>10}  folder"
+    lines += [header, "-" * len(header)]
+    train_rate, _ = plan.throughput()
+    for u in plan.units:
+        n = u.images_left(cfg)
+        hours = "?" if n is None else f"{n / train_rate / 3600:.2f}"
+        lines.append(f"{u.unit.label:<40} {len(u.unit.outputs):>5} "
+                     f"{len(u.cached):>3}/{len(u.unit.outputs):<3} {hours:>10}  {Path(u.folder).name}")
+    train_h, eval_h, unknown = plan.gpu_hours_left()
+    pending = plan.pending
+    lines += ["",
+              f"units: {len(plan.units)} ({plan.requested} requested by scenario; "
+              f"{plan.requested - len(plan.units)} shared), {len(plan.units) - len(pending)} cached, "
+              f"{len(pending)} to fine-tune",
+              f"scenarios with results: {sum(plan.scenarios_done.values())}/{len(plan.scenarios_done)}",
+              f"estimated GPU-hours left: {train_h + eval_h:.2f} (fine-tuning {train_h:.2f}, "
+              f"evaluation {eval_h:.2f}) at an assumed {train_rate:.0f} train / {plan.throughput()[1]:.0f} "
+              f"eval images/s per GPU"]
+    if unknown:
+        lines.append(f"(no size known for {', '.join(unknown)}: not in the estimate)")
+    return "\n".join(lines)

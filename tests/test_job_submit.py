@@ -1,0 +1,79 @@
+"""The cluster workflow on this machine: `ray start --head`, `ray job submit` the demo, `ray stop`.
+
+`ray stop` ends every Ray process on the machine, so this test runs last (conftest orders
+``ray_cli`` tests after all others) and first shuts the suite's own Ray session down.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline.results import KEY_COLUMNS, read_run
+
+pytestmark = [pytest.mark.slow, pytest.mark.ray_cli]
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ray(*args: str, env: dict, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "ray"), *args], env=env, cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def _ray_processes() -> list[str]:
+    out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout.splitlines()
+    return [line for line in out if "gcs_server" in line or "/raylet" in line]
+
+
+def test_ray_start_job_submit_the_demo_ray_stop(tmp_path):
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    # the job's `python` must be this environment's (as on a cluster node set up by cluster.yaml)
+    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", RAY_USAGE_STATS_ENABLED="0")
+    dash = _free_port()
+    started = _ray("start", "--head", f"--port={_free_port()}", "--num-cpus=2", "--include-dashboard=true",
+                   "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--disable-usage-stats", env=env)
+    assert started.returncode == 0, started.stdout + started.stderr
+    try:
+        storage, data = tmp_path / "storage", tmp_path / "data"
+        t0 = time.time()
+        submit = _ray("job", "submit", "--address", f"http://127.0.0.1:{dash}", "--working-dir", str(ROOT), "--",
+                      "python", "jobs/run_benchmark.py", f"storage={storage}", f"data_root={data}",
+                      env=env, timeout=1800)
+        log = submit.stdout + submit.stderr
+        assert submit.returncode == 0, log[-5000:]
+        assert "succeeded" in log, log[-3000:]
+        print(f"demo through ray job submit: {time.time() - t0:.0f}s")
+    finally:
+        stopped = _ray("stop", env=env)
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    time.sleep(1)
+    assert _ray_processes() == []  # ray stop cleaned up
+
+    run = storage / "demo"
+    df = read_run(run / "results")
+    assert not df.duplicated(list(KEY_COLUMNS)).any()
+    parts = sorted(p.stem for p in (run / "results" / "demo_shapes_5").glob("*.parquet"))
+    assert parts == ["analysis", "final", "matrix", "sweep"]
+    final = set(df[df.role == "final"].method)
+    assert final == {"zero_shot", "joint", "seq_ft", "lwf", "ewc", "randmix", "maxabs", "avg", "ties", "magmax"}
+    sweep = df[df.role == "sweep"]
+    assert len(sweep) == 5 * 20  # Figure 9's grid for every method that has λ
+    matrix = df[(df.role == "matrix") & (df.eval_task >= 0)]
+    assert len(matrix[matrix.method == "magmax"]) == 5 * 5
+    assert (run / "report" / "table.md").is_file() and (run / "summary.json").is_file()

@@ -1,0 +1,132 @@
+"""Nothing lost, nothing done twice: epoch-level resume, content-addressed sharing, the MagMax actor."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pipeline.config import load_config
+from pipeline.merging import magmax
+from pipeline.storage import CheckpointStore, read_tensors
+from pipeline.units import ChainUnit, checkpoint_key, run_chain
+
+
+@pytest.fixture(scope="module")
+def scn(demo_data_root):
+    from pipeline.scenario import build_scenario
+
+    cfg = load_config("configs/demo.yaml", [f"data_root={demo_data_root}", "demo_data=false", "finetune.epochs=3",
+                                            "finetune.batch_size=50", "scenarios.0.tasks=5"])
+    return build_scenario(cfg, cfg.scenarios[0])
+
+
+class Crash(RuntimeError):
+    pass
+
+
+def _crash_at(task: int, epoch: int):
+    def hook(t: int, e: int, loss: float) -> None:
+        if (t, e) == (task, epoch):
+            raise Crash(f"worker lost in task {t} epoch {e + 1}")
+    return hook
+
+
+@pytest.mark.parametrize("mode", ["seq", "lwf"])
+def test_a_chain_killed_mid_task_resumes_to_the_same_weights(scn, tmp_path, mode):
+    unit = ChainUnit(scn.scenario, mode, (0, 1))
+    clean = run_chain(scn, unit, tmp_path / "clean")
+
+    store = CheckpointStore(tmp_path / "faulty")
+    with pytest.raises(Crash):
+        run_chain(scn, unit, store.folder, on_epoch_done=_crash_at(1, 1))
+    assert store.has(0) and not store.has(1)
+    saved = store.load_epoch(1, scn.theta0)
+    assert saved is not None and saved.epoch == 1  # the second epoch was lost, the first kept
+
+    epochs_run = []
+    resumed = run_chain(scn, unit, store.folder, on_epoch_done=lambda t, e, loss: epochs_run.append((t, e)))
+    assert epochs_run == [(1, 1), (1, 2)]  # only what was lost is redone
+    assert not pytest.importorskip("os").path.exists(store.epoch_file(1))
+    for a, b in zip(clean, resumed):
+        want, got = read_tensors(a), read_tensors(b)
+        for key in want:
+            torch.testing.assert_close(got[key], want[key], rtol=1e-6, atol=1e-7, msg=key)
+
+
+def test_a_finished_chain_is_not_trained_again(scn, tmp_path):
+    unit = ChainUnit(scn.scenario, "ind", (0, 1))
+    run_chain(scn, unit, tmp_path / "u")
+    epochs_run = []
+    run_chain(scn, unit, tmp_path / "u", on_epoch_done=lambda t, e, loss: epochs_run.append((t, e)))
+    assert epochs_run == []
+
+
+def test_checkpoint_keys_share_exactly_what_is_the_same(scn):
+    from dataclasses import replace
+
+    cfg = scn.cfg
+    s = scn.scenario
+    key = lambda c, mode, sc=s: checkpoint_key(c, sc, mode)  # noqa: E731
+    other_start = replace(cfg, finetune=replace(cfg.finetune, start_from="zero"))
+    # the starting point matters for chains, not for independent fine-tuning (Table 6 shares it)
+    assert key(cfg, "seq") != key(other_start, "seq")
+    assert key(cfg, "ind") == key(other_start, "ind")
+    # how Ray runs a unit and how results are evaluated do not change the weights
+    assert key(cfg, "seq") == key(replace(cfg, name="x", ray=replace(cfg.ray, num_workers=4),
+                                          eval_batch_size=7, merge=replace(cfg.merge, magmax_lambda=0.3)), "seq")
+    assert key(cfg, "ind") != key(replace(cfg, seed=6), "ind")
+    assert key(cfg, "lwf") != key(replace(cfg, finetune=replace(cfg.finetune, lwf_lambda=0.5)), "lwf")
+    assert key(cfg, "seq") == key(replace(cfg, finetune=replace(cfg.finetune, lwf_lambda=0.5)), "seq")
+    # a scenario's display name is not part of what it is
+    assert key(cfg, "seq") == key(cfg, "seq", replace(s, name="renamed"))
+    assert key(cfg, "seq") != key(cfg, "seq", replace(s, tasks=10))
+    # ChainUnit.key groups independent tasks however they are split into Train runs
+    assert ChainUnit(s, "ind", (0,)).key(cfg) == ChainUnit(s, "ind", (0, 1, 2)).key(cfg)
+
+
+def test_store_on_a_uri_round_trips(tmp_path, scn):
+    from pipeline.storage import TrainState
+
+    store = CheckpointStore(f"file://{tmp_path}/remote/unit")
+    weights = {k: v + 1 for k, v in scn.theta0.items()}
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.ones(3))])
+    opt.param_groups[0]["params"][0].grad = torch.ones(3)
+    opt.step()
+    store.save_epoch(0, TrainState(2, weights, opt.state_dict()))
+    back = store.load_epoch(0, scn.theta0)
+    assert back.epoch == 2
+    torch.testing.assert_close(back.optimizer["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])
+    store.save(0, weights, {"task": "0"})
+    assert store.has(0) and store.load_epoch(0, scn.theta0) is None  # epoch state dropped once done
+    assert store.metadata(0)["task"] == "0"
+    torch.testing.assert_close(store.load(0, scn.theta0), weights)
+    assert (tmp_path / "remote" / "unit" / "task_000.safetensors").is_file()
+
+
+def test_a_torn_epoch_state_costs_an_epoch_not_the_run(scn, tmp_path):
+    store = CheckpointStore(tmp_path)
+    (tmp_path / "task_000.epoch.safetensors").write_bytes(b"\x00\x01 torn")
+    assert store.load_epoch(0, scn.theta0) is None
+
+
+def test_killing_the_magmax_actor_mid_sequence_keeps_the_merged_vector(ray_session, tmp_path):
+    import ray
+
+    from pipeline.orchestration.magmax_actor import MagMaxActor
+
+    g = torch.Generator().manual_seed(0)
+    tvs = [{"w": torch.randn(64, 8, generator=g), "b": torch.randn(8, generator=g)} for _ in range(4)]
+    actor = MagMaxActor.remote(str(tmp_path / "actor"))
+    assert ray.get(actor.add.remote("t0", tvs[0])) == 1
+    assert ray.get(actor.add.remote("t1", tvs[1])) == 2
+    ray.kill(actor, no_restart=False)  # Ray restarts it; __init__ reloads the persisted state
+    assert ray.get(actor.add.remote("t1", tvs[1])) == 2  # a retried fold is not folded twice
+    assert ray.get(actor.add.remote("t2", tvs[2])) == 3
+    ray.kill(actor, no_restart=False)
+    assert ray.get(actor.add.remote("t3", tvs[3])) == 4
+    assert ray.get(actor.folded_tags.remote()) == ["t0", "t1", "t2", "t3"]
+    got = ray.get(actor.value.remote())
+    want = magmax(tvs)
+    for key in want:
+        assert torch.equal(got[key], want[key]), key
+    ray.kill(actor)
