@@ -58,3 +58,33 @@ def test_run_benchmark_end_to_end_and_resume(tmp_path, demo_data_root, ray_sessi
     assert {p: p.stat().st_mtime for p in ckpts} == mtimes
     pd.testing.assert_frame_equal(read_run(run_dir / "results"), df)
     assert again < first
+
+
+def test_a_diverging_unit_fails_alone_and_is_recorded(tmp_path, demo_data_root, ray_session, monkeypatch):
+    from jobs import run_benchmark
+
+    monkeypatch.chdir(run_benchmark.ROOT)
+    # λ = 1e300 overflows float32 in EWC's penalty: task 2 of the EWC chain meets a NaN loss
+    argv = _argv(tmp_path, demo_data_root, name="nan") + ["finetune.ewc_lambda=1e300",
+                                                        "methods=[zero_shot,seq_ft,magmax,ewc]"]
+    assert run_benchmark.main(argv) == 1
+    run_dir = tmp_path / "storage" / "nan"
+    failures = json.loads((run_dir / "results" / "demo_shapes_2" / "failures.json").read_text())
+    assert [(f["mode"], f["methods"]) for f in failures] == [("ewc", ["ewc"])]
+    assert "NonFiniteLossError" in failures[0]["error"] and "non-finite training loss" in failures[0]["error"]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["ewc"] is None and summary["magmax"] is not None and summary["seq_ft"] is not None
+    df = read_run(run_dir / "results")
+    assert set(df[df.role == "final"].method) == {"zero_shot", "seq_ft", "magmax"}
+    seq = sorted(p for p in (tmp_path / "storage" / "checkpoints").rglob("task_*.safetensors")
+                 if ".epoch." not in p.name)
+    mtimes = {p: p.stat().st_mtime_ns for p in seq}
+
+    # the failure keeps the scenario open: a rerun retries the EWC chain (and fails the same
+    # way), reuses everything else and still writes each row once
+    assert run_benchmark.main(argv) == 1
+    assert {p: p.stat().st_mtime_ns for p in seq} == mtimes
+    again = read_run(run_dir / "results")
+    key = list(KEY_COLUMNS)
+    pd.testing.assert_frame_equal(again.sort_values(key).reset_index(drop=True),
+                                  df.sort_values(key).reset_index(drop=True))

@@ -130,3 +130,43 @@ def test_killing_the_magmax_actor_mid_sequence_keeps_the_merged_vector(ray_sessi
     for key in want:
         assert torch.equal(got[key], want[key]), key
     ray.kill(actor)
+
+
+def test_a_run_folder_refuses_results_of_another_config(scn, tmp_path):
+    from dataclasses import replace
+
+    import yaml
+
+    from pipeline.config import ConfigError, to_dict
+    from pipeline.orchestration.runner import check_run_dir
+
+    cfg = scn.cfg
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg)))
+    check_run_dir(cfg, str(tmp_path))
+    check_run_dir(replace(cfg, ray=replace(cfg.ray, num_workers=3)), str(tmp_path))  # how it runs: fine
+    with pytest.raises(ConfigError, match=r"different config \(differs in \['finetune'\]\)"):
+        check_run_dir(replace(cfg, finetune=replace(cfg.finetune, lr=0.5)), str(tmp_path))
+
+
+def test_plan_shares_units_and_sees_the_cache(scn, tmp_path):
+    from dataclasses import replace
+
+    from pipeline.config import ScenarioConfig
+    from pipeline.orchestration.plan import build_plan, format_plan
+
+    cfg = replace(scn.cfg, storage=str(tmp_path), scenarios=(
+        ScenarioConfig(dataset="demo_shapes", tasks=2, class_order_seed=1993),
+        ScenarioConfig(dataset="demo_shapes", tasks=2, class_order_seed=1993, name="same-again"),
+        ScenarioConfig(dataset="demo_shapes", tasks=4, class_order_seed=1993)))
+    plan = build_plan(cfg)
+    assert plan.requested == 3 * 5 and len(plan.units) == 2 * 5  # the renamed scenario shares all 5
+    assert all(not u.cached for u in plan.units)
+    seq = next(u for u in plan.units if u.unit.mode == "seq" and u.unit.scenario.tasks == 2)
+    assert seq.scenarios == ["demo_shapes/2", "same-again"]
+    CheckpointStore(seq.folder).save(0, scn.theta0, {})
+    again = build_plan(cfg)
+    assert next(u for u in again.units if u.folder == seq.folder).cached == [0]
+    text = format_plan(again)
+    assert "10 (15 requested by scenario; 5 shared)" in text and "GPU-hours left" in text
+    train_h, eval_h, unknown = again.gpu_hours_left()
+    assert train_h > 0 and eval_h > 0 and unknown == []
