@@ -1,9 +1,11 @@
 """Rebuild a run's tables and figures from its Parquet results alone.
 
-    python jobs/make_report.py RUN_DIR [--out DIR]
+    python jobs/make_report.py RUN_DIR [--out DIR] [--tables table1 table4 ...] [--backbone ID]
 
-Writes table.md, table.tex, the figures whose data exists and index.md into DIR (default
-RUN_DIR/report) and prints the Markdown result table.
+Writes into DIR (default RUN_DIR/report): table.md/.tex (every final result), the paper's
+tables the run belongs to as table<N>.md/.tex with the paper's numbers beside ours (or exactly
+--tables), the figures whose rows exist as PNG and PDF, and index.md linking all of it. Prints
+the Markdown result table and the paper tables written.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ except ModuleNotFoundError:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from pipeline import report
 
-from pipeline import results
+from pipeline import paper, results
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -28,10 +30,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Tables and figures of a MagMax run from its Parquet results.")
     parser.add_argument("run_dir", help="run directory (local path or pyarrow URI such as s3://...)")
     parser.add_argument("--out", default=None, help="report folder (default: RUN_DIR/report)")
+    parser.add_argument("--tables", nargs="+", choices=paper.TABLES, default=None,
+                        help="paper tables to render (default: those the run's rows belong to)")
+    parser.add_argument("--backbone", default=None,
+                        help="lay out --tables from this backbone's rows (e.g. ViT-B-16/openai) instead of each "
+                             "table's own")
     args = parser.parse_args(argv)
 
     if args.out is None and "://" in args.run_dir:
         parser.error("--out is required when RUN_DIR is a URI (the report is written locally)")
+    if args.backbone is not None and args.tables is None:
+        parser.error("--backbone needs --tables")
     out = Path(args.out) if args.out is not None else Path(args.run_dir) / "report"
     try:
         df = results.read_run(args.run_dir)
@@ -41,8 +50,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if df.empty:
         print(f"make_report: no results under {args.run_dir}", file=sys.stderr)
         return 1
-    paths = report.write_report(df, out)
+    try:
+        paths = report.write_report(df, out, tables=args.tables, backbone=args.backbone)
+    except ValueError as e:
+        print(f"make_report: {e}", file=sys.stderr)
+        return 1
     print(report.to_markdown(report.final_table(df)), end="")
+    written = [name for name in paper.TABLES if f"{name}_md" in paths]
+    if written:
+        print("\npaper tables: " + ", ".join(str(paths[f"{n}_md"]) for n in written))
     print(f"\nreport: {paths['index']}")
     return 0
 

@@ -1,16 +1,23 @@
 """Analyses of task vectors behind the paper's figures (pure functions, no I/O).
 
+- ``magnitude_prune``: Figure 2 (keep the highest, lowest or a random k% of a task vector).
 - ``sign_conflicts``: Figures 3 and 10.
-- ``magnitude_prune``: Figure 2.
+- ``kth_magnitude_merges``: Figure 5 (merges by the k-th highest magnitude, norms equalised).
 - ``update_consistency``: Figure 6.
 - ``contributions``: Figure 7.
+- ``leave_one_out``: Figure 8 (merges with one task vector left out).
 - ``mean_magnitude_by_layer``: Figure 12.
+- ``histogram_edges`` / ``entry_histogram``: Figure 13 (distributions of task-vector entries).
+
+Each returns plain numbers or task vectors; which results rows carry them is defined once, in
+``pipeline.report`` (its "Row vocabulary").
 """
 
 from __future__ import annotations
 
+import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -26,6 +33,9 @@ from pipeline.merging import (
     _key_seed,
     _slices,
     _validate,
+    kth_magnitude,
+    magmax,
+    rescale_to_norm,
     trim_threshold,
 )
 
@@ -38,6 +48,11 @@ __all__ = [
     "block_index",
     "LayerMagnitudes",
     "mean_magnitude_by_layer",
+    "kth_magnitude_merges",
+    "leave_one_out",
+    "Histogram",
+    "histogram_edges",
+    "entry_histogram",
 ]
 
 
@@ -163,6 +178,12 @@ def update_consistency(
     1..T whose update sign equals the (non-zero) sign of the reference vector (the final one by
     default); parameters where the reference is 0 get n = 0. Returns ``{n: mean |reference|}``
     for every n that occurs.
+
+    This is the paper's definition (Section 6: the update direction of task t is
+    sgn(theta_t - theta_{t-1}); n counts the tasks whose update agrees with the parameter's sign
+    in the task vector). With an earlier ``reference`` the count still runs over all T updates,
+    the later ones included: Figure 6 relates a vector's magnitudes to "the consistency of the
+    update direction in the subsequent tasks".
     """
     seq_tvs = _as_list(seq_tvs)
     keys = _validate(seq_tvs)
@@ -259,3 +280,130 @@ def mean_magnitude_by_layer(
         by_type={k: v[0] / v[1] for k, v in sorted(type_acc.items())},
         by_block={k: v[0] / v[1] for k, v in sorted(block_acc.items())},
     )
+
+
+# --------------------------------------------------------------------------------------------
+# k-th magnitude with equal norms (Figure 5)
+
+
+def _global_norm(tv: Mapping[str, torch.Tensor]) -> float:
+    return math.sqrt(sum(float(t.detach().double().pow(2).sum()) for t in tv.values()))
+
+
+@torch.no_grad()
+def kth_magnitude_merges(
+    tvs: Sequence[Mapping[str, torch.Tensor]],
+    ks: Sequence[int] | None = None,
+    *,
+    chunk_numel: int | None = None,
+) -> Iterator[tuple[int, TaskVector]]:
+    """``(k, merge by the k-th highest magnitude)`` for k in ``ks`` (default 1..N), each rescaled
+    to the global L2 norm of the MagMax merge (k = 1), as in Figure 5.
+
+    The paper equalises norms so that the k differ only in which entries they pick: lower-ranked
+    entries are smaller, and without it a larger k would also mean a smaller update. k = 1 comes
+    unscaled (it is the target norm). Lazy, one merged vector at a time (``dict(...)`` for all):
+    N merged copies of a large model would not fit where one does. The inputs and the target
+    norm are checked at the call; a k whose merge is zero everywhere raises ValueError when
+    reached (nothing to rescale).
+    """
+    tvs = _as_list(tvs)
+    _validate(tvs)
+    ks = list(range(1, len(tvs) + 1)) if ks is None else [int(k) for k in ks]
+    top = kth_magnitude(tvs, 1, chunk_numel=chunk_numel)
+    target = _global_norm(top)
+
+    def merges() -> Iterator[tuple[int, TaskVector]]:
+        for k in ks:
+            if k == 1:
+                yield k, top
+                continue
+            merged = kth_magnitude(tvs, k, chunk_numel=chunk_numel)
+            try:
+                yield k, rescale_to_norm(merged, target)
+            except ValueError as e:
+                raise ValueError(f"k={k}: {e}") from e
+
+    return merges()
+
+
+# --------------------------------------------------------------------------------------------
+# Leave one out (Figure 8)
+
+
+def leave_one_out(
+    tvs: Sequence[Mapping[str, torch.Tensor]],
+    merge: Callable[..., TaskVector] = magmax,
+    **merge_kwargs,
+) -> Iterator[TaskVector]:
+    """The merges of ``tvs`` with one task vector left out: item i is
+    ``merge(tvs without tvs[i], **merge_kwargs)`` (Figure 8).
+
+    Lazy, one merged vector at a time (``list(...)`` for all of them): at model scale N merged
+    copies would not fit where one does. The inputs are validated at the call.
+    """
+    tvs = _as_list(tvs)
+    _validate(tvs)
+    if len(tvs) < 2:
+        raise ValueError("leave-one-out needs at least two task vectors")
+    return (merge(tvs[:i] + tvs[i + 1:], **merge_kwargs) for i in range(len(tvs)))
+
+
+# --------------------------------------------------------------------------------------------
+# Distributions of task-vector entries (Figure 13)
+
+
+@dataclass(frozen=True)
+class Histogram:
+    """Counts of entries in ``len(edges) - 1`` bins ``[edges[i], edges[i+1])`` (the last closed)."""
+
+    edges: tuple[float, ...]
+    counts: tuple[int, ...]
+
+    @property
+    def centres(self) -> tuple[float, ...]:
+        return tuple((a + b) / 2 for a, b in zip(self.edges[:-1], self.edges[1:]))
+
+
+@torch.no_grad()
+def histogram_edges(
+    tvs: Sequence[Mapping[str, torch.Tensor]], bins: int = 101, limit: float | None = None
+) -> tuple[float, ...]:
+    """``bins + 1`` equally spaced edges over [-L, L], L = ``limit`` or the largest |entry| of all
+    ``tvs``; one set of edges for every vector so that their histograms compare bin by bin.
+
+    An odd ``bins`` (the default) puts 0 in the middle of a bin rather than on an edge.
+    """
+    if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
+        raise ValueError(f"bins must be a positive int, got {bins!r}")
+    tvs = _as_list(tvs)
+    _validate(tvs)
+    if limit is None:
+        limit = max(float(t.detach().abs().max()) for tv in tvs for t in tv.values() if t.numel())
+        if limit == 0.0:
+            raise ValueError("every entry is zero: pass limit= to choose the range")
+    if not math.isfinite(limit) or limit <= 0:
+        raise ValueError(f"limit must be finite and > 0, got {limit!r}")
+    return tuple(torch.linspace(-limit, limit, bins + 1, dtype=torch.float64).tolist())
+
+
+@torch.no_grad()
+def entry_histogram(tv: Mapping[str, torch.Tensor], edges: Sequence[float]) -> Histogram:
+    """Histogram of all entries of ``tv`` over ``edges`` (increasing).
+
+    Entries outside the edges are counted in the outer bins, so the counts always add up to the
+    number of entries (a clipped tail stays visible instead of vanishing).
+    """
+    edges = tuple(float(e) for e in edges)
+    if len(edges) < 2 or any(b <= a for a, b in zip(edges[:-1], edges[1:])):
+        raise ValueError("edges must be at least two strictly increasing values")
+    keys = _validate([tv])
+    n_bins = len(edges) - 1
+    counts = torch.zeros(n_bins, dtype=torch.int64)
+    for key in keys:
+        flat = _flat(tv[key]).to(torch.float64)
+        inner = torch.tensor(edges[1:-1], dtype=torch.float64, device=flat.device)
+        # right=True: bin i holds edges[i] <= x < edges[i+1]; below/above the range -> 0 / last
+        idx = torch.bucketize(flat, inner, right=True)
+        counts += torch.bincount(idx, minlength=n_bins).cpu()
+    return Histogram(edges=edges, counts=tuple(int(c) for c in counts))

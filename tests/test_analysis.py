@@ -10,16 +10,21 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipeline.analysis import (
+    Histogram,
     LayerMagnitudes,
     block_index,
     contributions,
+    entry_histogram,
+    histogram_edges,
+    kth_magnitude_merges,
     layer_type,
+    leave_one_out,
     magnitude_prune,
     mean_magnitude_by_layer,
     sign_conflicts,
     update_consistency,
 )
-from pipeline.merging import magmax
+from pipeline.merging import average, magmax, ties
 
 PROPS = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -224,3 +229,117 @@ def test_mean_magnitude_by_layer_exact():
     assert with_bias.by_type["ln"] == pytest.approx((20 + 200) / 4)
     assert with_bias.by_block[0] == pytest.approx((20 + 200 + 12 + 150) / 13)
     assert all(math.isfinite(v) for v in out.by_type.values())
+
+
+def test_magnitude_prune_modes_keep_the_asked_share():
+    # Figure 2's three selections on one vector of distinct magnitudes: highest and lowest keep
+    # exactly int(d * k) entries and are complementary; random keeps about k * d.
+    tv = {"a": torch.arange(1.0, 101.0) * torch.tensor([1.0, -1.0]).repeat(50), "b": torch.arange(101.0, 201.0)}
+    for keep in (0.125, 0.25, 0.5, 0.75):  # exact in binary, so 1 - keep is too
+        high = magnitude_prune(tv, keep, "highest")
+        low = magnitude_prune(tv, 1 - keep, "lowest")
+        n_high = sum(int((v != 0).sum()) for v in high.values())
+        assert n_high == int(200 * keep)
+        for k in tv:
+            assert torch.equal(high[k] + low[k], tv[k])  # disjoint and together everything
+    assert torch.equal(magnitude_prune(tv, 0.25, "highest")["b"][-50:], tv["b"][-50:])
+
+
+# --------------------------------------------------------------------------------------------
+# k-th magnitude with equal norms (Figure 5)
+
+
+def test_kth_magnitude_merges_exact():
+    a = {"w": t(3, 0, -1), "v": t(0.0)}
+    b = {"w": t(-1, 2, 4), "v": t(2.0)}
+    c = {"w": t(2, -1, 0), "v": t(-1.0)}
+    out = dict(kth_magnitude_merges([a, b, c]))
+    assert sorted(out) == [1, 2, 3]
+    # k=1 is MagMax itself: w (3, 2, 4), v 2 -> norm sqrt(9+4+16+4) = sqrt(33)
+    assert torch.equal(out[1]["w"], t(3, 2, 4)) and torch.equal(out[1]["v"], t(2.0))
+    # second largest: w (2, -1, -1), v -1 -> norm sqrt(7), scaled by sqrt(33/7)
+    f = math.sqrt(33 / 7)
+    assert torch.allclose(out[2]["w"], t(2, -1, -1) * f) and torch.allclose(out[2]["v"], t(-1.0) * f)
+    # smallest: w (-1, 0, 0), v 0 -> norm 1, scaled by sqrt(33)
+    assert torch.allclose(out[3]["w"], t(-math.sqrt(33), 0, 0)) and torch.equal(out[3]["v"], t(0.0))
+    for k, tv in out.items():
+        norm = math.sqrt(sum(float(x.double().pow(2).sum()) for x in tv.values()))
+        assert norm == pytest.approx(math.sqrt(33)), k
+    assert [k for k, _ in kth_magnitude_merges([a, b, c], ks=[3, 2])] == [3, 2]
+    assert torch.equal(dict(kth_magnitude_merges([a, b, c], ks=[2], chunk_numel=1))[2]["w"], out[2]["w"])
+
+
+def test_kth_magnitude_merges_errors():
+    a = {"w": t(1, 0)}
+    zero = {"w": t(0, 0)}
+    with pytest.raises(ValueError, match="k=2"):
+        dict(kth_magnitude_merges([a, zero]))  # the second-largest entries are all zero
+    with pytest.raises(ValueError):
+        dict(kth_magnitude_merges([a, zero], ks=[3]))
+    with pytest.raises(ValueError, match="'w'"):
+        kth_magnitude_merges([a, {"w": t(1)}])  # raised at the call
+
+
+# --------------------------------------------------------------------------------------------
+# leave one out (Figure 8)
+
+
+def test_leave_one_out_exact():
+    a = {"w": t(3, -1, 0)}
+    b = {"w": t(-2, 4, 1)}
+    c = {"w": t(1, 1, -5)}
+    merged = list(leave_one_out([a, b, c]))
+    assert len(merged) == 3
+    assert torch.equal(merged[0]["w"], t(-2, 4, -5))  # magmax(b, c)
+    assert torch.equal(merged[1]["w"], t(3, 1, -5))   # magmax(a, c): |-1| = |1| -> later c
+    assert torch.equal(merged[2]["w"], t(3, 4, 1))    # magmax(a, b)
+    avg = list(leave_one_out([a, b, c], average))
+    assert torch.allclose(avg[1]["w"], t(2, 0, -2.5))
+    trimmed = list(leave_one_out([a, b, c], ties, top_k=1.0))
+    assert torch.equal(trimmed[2]["w"], ties([a, b], top_k=1.0)["w"])
+
+
+def test_leave_one_out_validates_eagerly():
+    with pytest.raises(ValueError, match="two"):
+        leave_one_out([{"w": t(1)}])
+    with pytest.raises(ValueError, match="'w'"):
+        leave_one_out([{"w": t(1)}, {"w": t(1, 2)}])  # raised at the call, not on iteration
+
+
+# --------------------------------------------------------------------------------------------
+# distributions of entries (Figure 13)
+
+
+def test_histogram_edges_exact():
+    a = {"w": t(0.5, -2), "v": t(1)}
+    b = {"w": t(1, 1), "v": t(-1.5)}
+    assert histogram_edges([a, b], bins=4) == (-2.0, -1.0, 0.0, 1.0, 2.0)
+    assert histogram_edges([a], bins=2, limit=4.0) == (-4.0, 0.0, 4.0)
+    with pytest.raises(ValueError, match="limit"):
+        histogram_edges([{"w": t(0, 0)}])
+    with pytest.raises(ValueError):
+        histogram_edges([a], bins=0)
+
+
+def test_entry_histogram_exact():
+    tv = {"w": t(-2, -1, 0, 1, 2), "v": t(0.5, -0.25)}
+    h = entry_histogram(tv, (-2.0, -1.0, 0.0, 1.0, 2.0))
+    assert isinstance(h, Histogram)
+    # bins [-2,-1) [-1,0) [0,1) [1,2]: -2 | -1, -0.25 | 0, 0.5 | 1, 2 (the last bin is closed)
+    assert h.counts == (1, 2, 2, 2)
+    assert h.centres == (-1.5, -0.5, 0.5, 1.5)
+    # entries beyond the edges land in the outer bins: the counts always add up to d
+    clipped = entry_histogram(tv, (-0.5, 0.0, 0.5))
+    assert clipped.counts == (3, 4) and sum(clipped.counts) == 7
+    with pytest.raises(ValueError):
+        entry_histogram(tv, (1.0, 0.0))
+
+
+def test_entry_histogram_shared_edges_compare_vectors():
+    tvs = [{"w": torch.linspace(-s, s, 101)} for s in (0.5, 2.0, 4.0)]
+    edges = histogram_edges(tvs, bins=5)
+    hists = [entry_histogram(tv, edges) for tv in tvs]
+    assert all(sum(h.counts) == 101 for h in hists)
+    # the widest vector spreads into the outer bins, the narrowest stays in the centre one
+    assert hists[0].counts[0] == 0 and hists[0].counts[2] == 101
+    assert hists[2].counts[0] > 0 and hists[2].counts[4] > 0

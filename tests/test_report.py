@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import report
+from pipeline import paper, report
+from pipeline.merging import magmax
 from pipeline.results import COLUMNS, make_rows, read_run, write_unit
 
 REPO = Path(__file__).resolve().parent.parent
@@ -167,17 +169,21 @@ def test_seen_average_is_lower_triangle_mean():
 
 def test_write_report_writes_everything(df, tmp_path):
     paths = report.write_report(df, tmp_path / "rep")
-    expected = {"table_md", "table_tex", "accuracy_matrices", "lambda_sweep", "sign_conflicts", "index"}
+    figures = ("accuracy_matrices", "lambda_sweep", "sign_conflicts")
+    # cifar100/3 and cars/3 are no paper scenario: no paper table, only table.md
+    expected = {"table_md", "table_tex", "index", *figures, *(f"{f}_pdf" for f in figures)}
     assert set(paths) == expected
     for key, p in paths.items():
         assert p.exists() and p.stat().st_size > 0, key
-    for key in ("accuracy_matrices", "lambda_sweep", "sign_conflicts"):
+    for key in figures:
         assert paths[key].suffix == ".png"
         assert paths[key].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert paths[f"{key}_pdf"].read_bytes()[:4] == b"%PDF"
     assert paths["table_md"].read_text() == EXPECTED_MD
     index = paths["index"].read_text()
     assert EXPECTED_MD.rstrip("\n") in index
-    for name in ("table.md", "table.tex", "accuracy_matrices.png", "lambda_sweep.png", "sign_conflicts.png"):
+    for name in ("table.md", "table.tex", "accuracy_matrices.png", "lambda_sweep.png", "sign_conflicts.png",
+                 "accuracy_matrices.pdf"):
         assert f"({name})" in index
     assert "| MagMax | 9.80 |" in index and "| Seq-FT | 25.70 |" in index  # forgetting table
 
@@ -191,6 +197,8 @@ def test_write_report_skips_absent_figures_and_pdf(df, tmp_path):
     paths = report.write_report(sweep, tmp_path / "b", suffixes=(".png", ".pdf"))
     assert set(paths) == {"lambda_sweep", "lambda_sweep_pdf", "index"}
     assert paths["lambda_sweep_pdf"].read_bytes()[:4] == b"%PDF"
+    paths = report.write_report(sweep, tmp_path / "c", suffixes=(".png",))
+    assert set(paths) == {"lambda_sweep", "index"}
 
 
 def write_run(df: pd.DataFrame, run_dir: Path) -> None:
@@ -228,3 +236,349 @@ def test_make_report_as_script(df, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert EXPECTED_MD in proc.stdout
     assert (run_dir / "report" / "table.md").exists()
+
+
+
+# --------------------------------------------------------------------------------------------
+# The paper's tables: synthetic runs whose every number is the paper's plus one point
+
+
+CIL_COLUMNS = [f"{d} /{n}" for d, ns in (("CIFAR100", (5, 10, 20, 50)), ("ImageNet-R", (5, 10, 20, 50)),
+                                         ("CUB200", (5, 10, 20)), ("Cars", (5, 10, 20))) for n in ns] + ["Avg"]
+MAIN_ROWS = ["Zero-shot", "Joint", "LwF", "EWC", "RandMix", "MaxAbs", "Avg", "TIES", "MagMax"]
+PAIRS = [(m, ft) for m in ("RandMix", "Avg", "TIES", "MagMax") for ft in ("Ind", "Seq")]
+# (lead header cells, row labels (with the FT column where the paper has one), columns), typed
+# from the paper's tables.
+EXPECTED_LAYOUT = {
+    "table1": (["Method"], [[r] for r in MAIN_ROWS], CIL_COLUMNS),
+    "table2": (["Method"], [[r] for r in ("LwF", "EWC", "RandMix", "MaxAbs", "Avg", "TIES", "MagMax")],
+               ["DomainNet CIL", "DomainNet DIL", "ImageNet-R CIL", "ImageNet-R DIL"]),
+    "table3": (["Method"], [[r] for r in ("LwF", "LwF + MagMax", "Δ", "EWC", "EWC + MagMax", "Δ", "MagMax")],
+               CIL_COLUMNS),
+    "table4": (["Method", "FT"], [r for m in ("RandMix", "Avg", "TIES", "MagMax")
+                                  for r in ([m, "Ind"], ["", "Seq"], ["", "Δ"])], CIL_COLUMNS),
+    "table5": (["Method", "FT"], [[m if ft == "Ind" else "", ft] for m, ft in PAIRS],
+               ["Cars", "DTD", "EuroSAT", "GTSRB", "MNIST", "RESISC45", "SUN397", "SVHN", "Avg", "Δ Avg"]),
+    "table6": (["Initial θ for D_t"], [["θ_0"], ["θ_1"], ["θ_{t-1}"]], CIL_COLUMNS),
+    "table7": (["Method"], [[r] for r in MAIN_ROWS], CIL_COLUMNS),
+    "table8": (["Method"], [[r] for r in MAIN_ROWS], CIL_COLUMNS),
+}
+
+
+def scenario_label(dataset: str, kind: str, tasks) -> str:
+    if kind == "multi_dataset":
+        return "8datasets"
+    return f"{dataset}/dil" if kind == "domain_incremental" else f"{dataset}/{int(tasks)}"
+
+
+def paper_run_rows(table: str, offset: float = 1.0, seed: int = 5) -> list[dict]:
+    """Final rows as the runner emits them for ``table``'s scenarios and methods, each value the
+    paper's number + ``offset``; Zero-shot/Joint once per split of their dataset."""
+    numbers = paper.numbers(table=table)
+    splits = numbers.dropna(subset=["tasks"]).groupby("dataset")["tasks"].unique()
+    entries = []
+    for r in numbers[numbers["dataset"] != "avg"].itertuples(index=False):
+        tasks_list = list(splits[r.dataset]) if pd.isna(r.tasks) and r.kind != "multi_dataset" else [r.tasks]
+        for tasks in tasks_list:
+            n = 8 if r.kind == "multi_dataset" else int(tasks)
+            entries.append({"scenario": scenario_label(r.dataset, r.kind, tasks), "dataset": r.dataset,
+                            "backbone": r.backbone, "method": r.method, "finetuning": r.finetuning,
+                            "seed": seed, "after_task": -1 if r.method == "zero_shot" else n - 1,
+                            "value": r.value + offset,
+                            "lam": report.DEFAULT_LAMBDA.get(r.method, math.nan)})
+    common = {"run": table, "role": "final", "metric": "accuracy", "config_hash": "h", "code_version": "v"}
+    return make_rows(common, entries)
+
+
+def paper_frame(table: str, **kw) -> pd.DataFrame:
+    return pd.DataFrame(paper_run_rows(table, **kw), columns=list(COLUMNS))
+
+
+def markdown_grid(md: str) -> list[list[str]]:
+    rows = [line for line in md.splitlines() if line.startswith("|")]
+    return [[c.strip() for c in line.strip("|").split("|")] for line in rows[:1] + rows[2:]]
+
+
+def unmark(text: str) -> str:
+    return text.replace("**", "").replace("<u>", "").replace("</u>", "")
+
+
+CELL = re.compile(r"^([+-]?\d+\.\d\d) / ([+-]?\d+\.\d\d) \(([+-]\d+\.\d\d)\)$")
+
+
+@pytest.mark.parametrize("table", list(EXPECTED_LAYOUT))
+def test_paper_table_markdown_has_the_papers_rows_columns_and_numbers(table):
+    lead, rows, columns = EXPECTED_LAYOUT[table]
+    pt = report.paper_table(paper_frame(table), table)
+    grid = markdown_grid(report.paper_markdown(pt))
+    assert grid[0] == lead + columns
+    assert [r[: len(lead)] for r in grid[1:]] == rows
+    layout = paper.LAYOUTS[table]
+    for i, (row, cells) in enumerate(zip(layout.rows, grid[1:])):
+        for col, cell in zip(columns, cells[len(lead):]):
+            if cell == "":
+                # blank only where the paper prints nothing
+                assert (row.reference and col not in ("Avg",) and not col.endswith("/5")) or \
+                    (col == "Δ Avg" and row.baseline is None), (table, i, col)
+                continue
+            m = CELL.match(unmark(cell))
+            assert m, (table, i, col, cell)
+            ours, theirs, diff = (float(x) for x in m.groups())
+            assert theirs == pytest.approx(pt.paper.at[i, col]), (table, i, col)
+            if row.delta is None and col != "Δ Avg":
+                # ours = paper + 1; the Avg of rounded cells may differ from the printed Avg by 0.01
+                assert diff == pytest.approx(1.0, abs=0.0101 if col == "Avg" else 1e-9), (table, i, col)
+            else:
+                assert diff == pytest.approx(0.0, abs=0.0101), (table, i, col)
+
+
+@pytest.mark.parametrize("table", list(EXPECTED_LAYOUT))
+def test_paper_table_latex_has_the_papers_rows_and_columns(table):
+    lead, rows, columns = EXPECTED_LAYOUT[table]
+    tex = report.paper_latex(report.paper_table(paper_frame(table), table))
+    assert tex.count(r"\begin{tabular}") == 1 and tex.rstrip().endswith(r"\end{tabular}")
+    lines = [line for line in tex.splitlines() if line.endswith(r"\\")]
+    grouped = table != "table5"
+    header, body = lines[: 2 if grouped else 1], lines[2 if grouped else 1:]
+    assert len(body) == len(rows)
+    tex_label = {"θ_0": r"$\theta_0$", "θ_1": r"$\theta_1$", "θ_{t-1}": r"$\theta_{t-1}$", "Δ": r"$\Delta$"}
+    for line, expected in zip(body, rows):
+        assert line.split(" & ")[: len(lead)] == [tex_label.get(x, x) for x in expected]
+    if columns is CIL_COLUMNS:
+        assert header[0] == (" & " * len(lead) + r"\multicolumn{4}{c}{CIFAR100} & \multicolumn{4}{c}{ImageNet-R} & "
+                             r"\multicolumn{3}{c}{CUB200} & \multicolumn{3}{c}{Cars} & Avg \\")
+        assert header[1].endswith(r"/5 & /10 & /20 & /50 & /5 & /10 & /20 & /50 & /5 & /10 & /20 & /5 & /10 & /20 "
+                                  r"&  \\")
+    if table == "table2":
+        assert r"\multicolumn{2}{c}{DomainNet} & \multicolumn{2}{c}{ImageNet-R}" in header[0]
+        assert header[1] == r"Method & CIL & DIL & CIL & DIL \\"
+    if table == "table5":
+        assert header[0] == (r"Method & FT & Cars & DTD & EuroSAT & GTSRB & MNIST & RESISC45 & SUN397 & SVHN & Avg "
+                             r"& $\Delta$ Avg \\")
+    if table in ("table1", "table7", "table8"):
+        assert body[0].startswith(r"Zero-shot & \multicolumn{4}{c}{")
+
+
+def test_paper_table_cells_marks_and_derived_rows():
+    md = report.paper_markdown(report.paper_table(paper_frame("table1"), "table1"))
+    grid = {r[0]: dict(zip(CIL_COLUMNS, r[1:])) for r in markdown_grid(md)[1:]}
+    # ours = paper + 1 keeps the paper's order: EWC best on CIFAR100/5, MagMax second (as printed)
+    assert grid["EWC"]["CIFAR100 /5"] == "**85.41** / 84.41 (+1.00)"
+    assert grid["MagMax"]["CIFAR100 /5"] == "<u>85.16</u> / 84.16 (+1.00)"
+    assert grid["MagMax"]["Avg"].startswith("**75.5") and grid["LwF"]["Avg"].startswith("<u>73.3")
+    assert grid["Zero-shot"]["CIFAR100 /5"] == "67.91 / 66.91 (+1.00)"  # never ranked
+    assert grid["Zero-shot"]["Avg"].endswith("/ 67.21 (+1.00)")  # once per split, as the paper
+
+    t3 = report.paper_table(paper_frame("table3"), "table3")
+    # the paper's printed Δ row for LwF, derived from its numbers
+    printed = [-0.57, 4.16, 3.76, 3.81, 1.40, -0.45, 0.16, 0.31, -0.59, 0.50, 0.71, 1.57, 1.20, 4.87, 1.49]
+    assert t3.paper.loc[2].round(2).tolist() == pytest.approx(printed)
+    assert t3.ours.loc[2, "Avg"] == pytest.approx(1.49, abs=0.011)
+    t4 = report.paper_table(paper_frame("table4"), "table4")
+    assert t4.paper.at[11, "Avg"] == pytest.approx(3.33)  # MagMax Δ Avg
+    t5 = report.paper_table(paper_frame("table5"), "table5")
+    assert t5.paper["Δ Avg"].round(2).tolist()[1::2] == pytest.approx([7.62, 12.11, 2.44, 8.60])
+    assert t5.paper["Δ Avg"].isna().tolist()[0::2] == [True] * 4
+    md5 = markdown_grid(report.paper_markdown(t5))
+    assert md5[8][-1] == "+8.60 / +8.60 (+0.00)" and md5[7][-1] == ""
+
+
+def test_paper_table_partial_run_seeds_and_aliases():
+    # One scenario of MagMax, two seeds; MaxAbs written as magmax on independent fine-tuning.
+    rows = make_rows({"run": "r", "backbone": "ViT-B-16/openai", "scenario": "cifar100/5", "dataset": "cifar100",
+                      "role": "final", "metric": "accuracy", "after_task": 4, "config_hash": "h", "code_version": "v"},
+                     [{"method": "magmax", "finetuning": "seq", "seed": 1, "lam": 0.5, "value": 84.0},
+                      {"method": "magmax", "finetuning": "seq", "seed": 2, "lam": 0.5, "value": 86.0},
+                      # not the paper's λ: left out
+                      {"method": "magmax", "finetuning": "seq", "seed": 1, "lam": 0.3, "value": 10.0},
+                      {"method": "magmax", "finetuning": "ind", "seed": 1, "lam": 0.5, "value": 80.0}])
+    df = pd.DataFrame(rows, columns=list(COLUMNS))
+    pt = report.paper_table(df, "table1")
+    assert pt.seeds == (1, 2)
+    grid = {r[0]: dict(zip(CIL_COLUMNS, r[1:])) for r in markdown_grid(report.paper_markdown(pt))[1:]}
+    assert grid["MagMax"]["CIFAR100 /5"] == "**85.00 ± 1.41** / 84.16 (+0.84)"
+    assert grid["MaxAbs"]["CIFAR100 /5"] == "<u>80.00</u> / 81.95 (-1.95)"
+    assert grid["MagMax"]["CIFAR100 /10"] == "– / 80.41"
+    assert grid["MagMax"]["Avg"] == "– / 74.50"  # an average over part of the columns is no Avg
+    assert grid["Zero-shot"]["CIFAR100 /5"] == "– / 66.91" and grid["Zero-shot"]["CIFAR100 /10"] == ""
+    t6 = report.paper_table(df, "table6")
+    assert t6.ours.at[0, "CIFAR100 /5"] == 80.0 and np.isnan(t6.ours.at[1, "CIFAR100 /5"])
+    assert "--" in report.paper_latex(pt) and r"\textbf{85.00 $\pm$ 1.41} {\scriptsize / 84.16 (+0.84)}" in \
+        report.paper_latex(pt)
+    two_lams = df[df["lam"] != 0.5].assign(lam=lambda d: d["lam"] + 0.1)
+    with pytest.raises(ValueError, match="several λ"):
+        report.paper_table(pd.concat([two_lams, two_lams.assign(lam=0.7)]), "table1")
+
+
+def test_available_tables():
+    assert report.available_tables(paper_frame("table1")) == ["table1"]
+    assert report.available_tables(paper_frame("table2")) == ["table2"]
+    # Tables 3, 4 and 6 reprint Table 1 rows, so their runs fill part of Table 1 as well
+    assert report.available_tables(paper_frame("table3")) == ["table1", "table3"]
+    assert report.available_tables(paper_frame("table4")) == ["table1", "table4"]
+    assert report.available_tables(paper_frame("table5")) == ["table5"]
+    assert report.available_tables(paper_frame("table6")) == ["table1", "table6"]
+    assert report.available_tables(paper_frame("table7")) == ["table7"]
+    assert report.available_tables(paper_frame("table8")) == ["table8"]
+    both = pd.concat([paper_frame("table7"), paper_frame("table8")], ignore_index=True)
+    assert report.available_tables(both) == ["table7", "table8"]
+    demo = paper_frame("table1").assign(backbone="tiny_clip")
+    assert report.available_tables(demo) == []
+    # a different backbone laid out against the paper on request
+    assert report.paper_table(demo, "table1", backbone="tiny_clip").ours.notna().to_numpy().any()
+
+
+def test_scenario_keys():
+    rows = make_rows({"run": "r", "backbone": "b", "method": "m", "finetuning": "seq", "seed": 1, "role": "final",
+                      "metric": "accuracy", "config_hash": "h", "code_version": "v", "value": 1.0}, [
+        {"scenario": "cifar100/10", "dataset": "cifar100", "after_task": 9},
+        {"scenario": "domainnet/dil", "dataset": "domainnet", "after_task": 5},
+        {"scenario": "8datasets", "dataset": "cars", "after_task": 7},
+        {"scenario": "8datasets", "dataset": "mnist", "after_task": 7},
+        {"scenario": "my-cars", "dataset": "cars", "after_task": 3},
+    ])
+    keys = report.scenario_keys(pd.DataFrame(rows, columns=list(COLUMNS)))
+    assert keys["_kind"].tolist() == ["class_incremental", "domain_incremental", "multi_dataset", "multi_dataset",
+                                      "class_incremental"]
+    assert keys["_tasks"].tolist()[:2] == [10, 6] and keys["_tasks"].tolist()[4] == 4
+    assert keys["_tasks"].isna().tolist()[2:4] == [True, True]
+
+
+def test_write_report_paper_tables_and_make_report_flags(tmp_path, capsys):
+    df = pd.concat([paper_frame("table2"), paper_frame("table5")], ignore_index=True)
+    paths = report.write_report(df, tmp_path / "rep")
+    assert {"table2_md", "table2_tex", "table5_md", "table5_tex"} <= set(paths)
+    index = paths["index"].read_text()
+    assert "(table2.md)" in index and "(table5.tex)" in index and "DomainNet DIL" in index
+    only = report.write_report(df, tmp_path / "one", tables=["table6"])
+    assert {k for k in only if k.startswith("table") and k[5:6].isdigit()} == {"table6_md", "table6_tex"}
+    with pytest.raises(ValueError):
+        report.write_report(df, tmp_path / "x", backbone="ViT-L-14/openai")
+    with pytest.raises(ValueError):
+        report.write_report(df, tmp_path / "x", tables=["table9"])
+
+    sys.path.insert(0, str(REPO / "jobs"))
+    try:
+        import make_report
+    finally:
+        sys.path.remove(str(REPO / "jobs"))
+    run_dir = tmp_path / "run"
+    write_unit(df, run_dir / "final.parquet")
+    assert make_report.main([str(run_dir), "--tables", "table1", "--backbone", "ViT-B-16/openai"]) == 0
+    out = capsys.readouterr().out
+    assert "table1.md" in out and (run_dir / "report" / "table1.tex").is_file()
+    assert not (run_dir / "report" / "table2.md").exists()
+    with pytest.raises(SystemExit):
+        make_report.main([str(run_dir), "--backbone", "ViT-B-16/openai"])
+
+
+# --------------------------------------------------------------------------------------------
+# Figures: every one from synthetic rows, through the analysis functions where they exist
+
+FIG_T = 3
+
+
+def figure_rows() -> list[dict]:
+    import torch
+
+    from pipeline import analysis
+
+    gen = torch.Generator().manual_seed(0)
+    seq = [{"transformer.resblocks.0.attn.in_proj_weight": torch.randn(6, generator=gen) * (t + 1),
+            "transformer.resblocks.1.mlp.c_fc.weight": torch.randn(4, generator=gen) * (t + 1),
+            "ln_post.weight": torch.randn(2, generator=gen)} for t in range(FIG_T)]
+    ind = [{k: torch.randn(v.shape, generator=gen) for k, v in seq[0].items()} for _ in range(FIG_T)]
+    entries: list[dict] = []
+    # Two scenarios where a figure needs them (Figure 11 draws MagMax in several settings).
+    for scenario in ("cifar100/3", "imagenet_r/3"):
+        sc = {"scenario": scenario, "dataset": scenario.split("/")[0]}
+        for t in range(FIG_T):
+            for method in ("seq_ft", "avg", "magmax"):
+                entries += [{**sc, "method": method, "finetuning": "seq", "role": "matrix", "metric": "accuracy",
+                             "after_task": t, "eval_task": c, "value": 50.0 + t + c} for c in range(FIG_T)]
+    for scenario in ("cifar100/3",):
+        sc = {"scenario": scenario, "dataset": scenario.split("/")[0]}
+        for mode in report.PRUNE_MODES:
+            entries += [{**sc, "method": mode, "finetuning": "ind", "role": "analysis", "metric": "prune_accuracy",
+                         "lam": k, "value": 60 + 30 * k} for k in (0.0, 0.2, 1.0)]
+        for ft, tvs in (("ind", ind), ("seq", seq)):
+            entries.append({**sc, "method": "sign_conflicts", "finetuning": ft, "role": "analysis",
+                            "metric": "sign_conflicts", "value": analysis.sign_conflicts(tvs)})
+            entries += [{**sc, "method": "kth_magnitude", "finetuning": ft, "role": "analysis",
+                         "metric": "kth_accuracy", "lam": float(k), "value": 80.0 - k} for k in range(1, FIG_T + 1)]
+            entries += [{**sc, **e} for e in report.contribution_entries(analysis.contributions(tvs), finetuning=ft)]
+            entries += [{**sc, "method": "magmax", "finetuning": ft, "role": "analysis",
+                         "metric": "leave_one_out_accuracy", "after_task": left, "eval_task": e,
+                         "value": 70.0 - 5 * (left == e)} for left in range(-1, FIG_T) for e in range(-1, FIG_T)]
+            edges = analysis.histogram_edges(tvs, bins=9)
+            for t, tv in enumerate(tvs):
+                entries += [{**sc, **e} for e in report.histogram_entries(
+                    analysis.entry_histogram(tv, edges), method="task_vector", finetuning=ft, after_task=t)]
+            entries += [{**sc, **e} for e in report.histogram_entries(
+                analysis.entry_histogram(magmax(tvs), edges), method="magmax", finetuning=ft, after_task=FIG_T - 1)]
+        for t in range(FIG_T):
+            entries += [{**sc, **e} for e in report.consistency_entries(
+                analysis.update_consistency(seq, reference=t), after_task=t)]
+            entries += [{**sc, **e} for e in report.layer_magnitude_entries(
+                analysis.mean_magnitude_by_layer(magmax(seq[: t + 1])), after_task=t)]
+        entries += [{**sc, "method": "magmax", "finetuning": "seq", "role": "sweep", "metric": "accuracy",
+                     "lam": lam, "after_task": FIG_T - 1, "value": 70 - abs(lam - 0.5)} for lam in (0.25, 0.5, 1.0)]
+    entries += [{"scenario": "domainnet/dil", "dataset": "domainnet", "method": "sign_conflicts", "finetuning": ft,
+                 "role": "analysis", "metric": "sign_conflicts", "value": v} for ft, v in (("ind", 0.2), ("seq", 0.02))]
+    return make_rows({"run": "figs", "backbone": "ViT-B-16/openai", "seed": 5, "config_hash": "h",
+                      "code_version": "v"}, entries)
+
+
+@pytest.fixture(scope="module")
+def figure_report(tmp_path_factory) -> dict[str, Path]:
+    df = pd.DataFrame(figure_rows(), columns=list(COLUMNS))
+    return report.write_report(df, tmp_path_factory.mktemp("figs"))
+
+
+def test_figure_rows_are_valid_results(tmp_path):
+    write_unit(figure_rows(), tmp_path / "u.parquet")  # schema, types and unique keys
+    assert len(read_run(tmp_path)) == len(figure_rows())
+
+
+@pytest.mark.parametrize("key", [spec.key for spec in report.FIGURES])
+def test_every_figure_writes_png_and_pdf(figure_report, key):
+    assert figure_report[key].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert figure_report[f"{key}_pdf"].read_bytes()[:4] == b"%PDF"
+    title = next(s.title for s in report.FIGURES if s.key == key)
+    index = figure_report["index"].read_text()
+    assert f"## {title}" in index and f"]({key}.png)" in index and f"[{key}.pdf]({key}.pdf)" in index
+
+
+def test_entry_helpers_exact():
+    from pipeline.analysis import Histogram, LayerMagnitudes
+
+    assert report.consistency_entries({2: 0.5, 0: 0.1}, after_task=1) == [
+        {"role": "analysis", "metric": "consistency_magnitude", "eval_task": 0, "value": 0.1, "method": "magmax",
+         "finetuning": "seq", "after_task": 1},
+        {"role": "analysis", "metric": "consistency_magnitude", "eval_task": 2, "value": 0.5, "method": "magmax",
+         "finetuning": "seq", "after_task": 1}]
+    contrib = report.contribution_entries([0.25, 0.75], finetuning="ind")
+    assert [(e["eval_task"], e["value"], e["after_task"]) for e in contrib] == [(0, 0.25, 1), (1, 0.75, 1)]
+    layers = report.layer_magnitude_entries(LayerMagnitudes({"ln": 2.0, "mlp": 1.0}, {0: 1.5}), after_task=0)
+    assert [(e["metric"], e["eval_task"], e["value"]) for e in layers] == [
+        ("layer_magnitude_ln", -1, 2.0), ("layer_magnitude_mlp", -1, 1.0), ("block_magnitude", 0, 1.5)]
+    hist = report.histogram_entries(Histogram((-1.0, 0.0, 1.0), (3, 4)), method="task_vector", finetuning="seq",
+                                    after_task=2)
+    assert [(e["eval_task"], e["lam"], e["value"]) for e in hist] == [(0, -0.5, 3.0), (1, 0.5, 4.0)]
+
+
+def test_leave_one_out_figure_delta_and_malformed_rows(tmp_path):
+    rows = make_rows({"run": "r", "backbone": "b", "scenario": "s/2", "dataset": "s", "method": "magmax",
+                      "finetuning": "ind", "seed": 1, "role": "analysis", "metric": "leave_one_out_accuracy",
+                      "config_hash": "h", "code_version": "v"},
+                     [{"after_task": a, "eval_task": e, "value": v}
+                      for a, e, v in ((-1, 0, 80.0), (-1, 1, 70.0), (0, 0, 60.0), (0, 1, 71.0), (1, 0, 79.0))])
+    part = pd.DataFrame(rows, columns=list(COLUMNS))
+    delta, left, evals = report._leave_one_out_delta(part)
+    assert left == [0, 1] and evals == [0, 1]
+    np.testing.assert_array_equal(delta, [[-20.0, 1.0], [-1.0, np.nan]])
+    broken = part[part["after_task"] >= 0]
+    with pytest.warns(UserWarning, match="Figure 8"):
+        paths = report.write_report(broken, tmp_path / "rep")
+    assert "leave_one_out" not in paths
+    assert "## Not drawn" in paths["index"].read_text()
