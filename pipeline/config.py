@@ -88,6 +88,7 @@ class RayConfig:
     max_failures: int = 2
     group_independent: bool = False  # one Train run for all independent tasks (saves start-up on small runs)
     eval_cpus: float = 0.5
+    eval_gpus: float = -1.0          # GPU share per evaluation task / Tune trial; -1 = 0.25 when training uses GPUs
     max_concurrent_units: int = 0   # Train runs in flight; 0 = what the cluster holds now (raise it under an autoscaler)
     train_images_per_gpu_s: float = 0.0   # for --plan's estimate; 0 = the backbone's assumed figure
     eval_images_per_gpu_s: float = 0.0
@@ -262,6 +263,8 @@ def validate(cfg: BenchmarkConfig) -> BenchmarkConfig:
         raise ConfigError(f"ray.num_workers: must be >= 0, got {cfg.ray.num_workers}")
     if cfg.ray.max_concurrent_units < 0:
         raise ConfigError(f"ray.max_concurrent_units: must be >= 0, got {cfg.ray.max_concurrent_units}")
+    if not (cfg.ray.eval_gpus == -1.0 or 0.0 <= cfg.ray.eval_gpus <= 1.0):
+        raise ConfigError(f"ray.eval_gpus: {cfg.ray.eval_gpus} is neither -1 (auto) nor in [0, 1]")
     if cfg.ray.max_failures < 0:
         raise ConfigError(f"ray.max_failures: must be >= 0, got {cfg.ray.max_failures}")
     return cfg

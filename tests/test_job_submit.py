@@ -44,7 +44,8 @@ def test_ray_start_job_submit_the_demo_ray_stop(tmp_path):
     if ray.is_initialized():
         ray.shutdown()
     # the job's `python` must be this environment's (as on a cluster node set up by cluster.yaml)
-    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", RAY_USAGE_STATS_ENABLED="0")
+    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", RAY_USAGE_STATS_ENABLED="0",
+               RAY_AUTH_MODE="token")  # the job API is token-protected (Ray >= 2.59); the client must say so
     dash = _free_port()
     started = _ray("start", "--head", f"--port={_free_port()}", "--num-cpus=2", "--include-dashboard=true",
                    "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--disable-usage-stats", env=env)

@@ -170,3 +170,24 @@ def test_plan_shares_units_and_sees_the_cache(scn, tmp_path):
     assert "10 (15 requested by scenario; 5 shared)" in text and "GPU-hours left" in text
     train_h, eval_h, unknown = again.gpu_hours_left()
     assert train_h > 0 and eval_h > 0 and unknown == []
+
+
+@pytest.mark.slow
+def test_an_interrupted_sweep_is_restored_without_redoing_finished_trials(scn, ray_session, tmp_path):
+    from pipeline.orchestration.sweep import run_sweep
+
+    tau = {k: torch.zeros_like(v) for k, v in scn.theta0.items()}
+    trials = [{"method": "magmax", "lam": lam, "role": "sweep"} for lam in (0.25, 0.5)] + \
+             [{"method": "ties", "lam": 0.5, "role": "sweep"}]
+    # the first attempt dies on the TIES trial (its merged vector never arrived)
+    with pytest.raises(RuntimeError, match="sweep trial .* failed"):
+        run_sweep(scn.cfg, scn.scenario, {"magmax": tau}, trials, str(tmp_path), "sweep-test")
+    exp = tmp_path / "sweep-test"
+    finished = {p: p.stat().st_mtime_ns for p in exp.rglob("result.json") if p.stat().st_size > 0}
+    assert len(finished) == 2
+
+    out = run_sweep(scn.cfg, scn.scenario, {"magmax": tau, "ties": tau}, trials, str(tmp_path), "sweep-test")
+    assert sorted((t["method"], t["lam"]) for t in out) == [("magmax", 0.25), ("magmax", 0.5), ("ties", 0.5)]
+    assert len({t["accuracy"] for t in out}) == 1  # a zero task vector is θ0 whatever λ
+    for p, mtime in finished.items():  # the finished trials were restored, not run again
+        assert p.stat().st_mtime_ns == mtime, p

@@ -200,6 +200,7 @@ def run_scenario(cfg: BenchmarkConfig, scenario: ScenarioConfig, run_dir: str,
     from pipeline.orchestration.evaluate import evaluate_many
     from pipeline.orchestration.magmax_actor import MagMaxActor
     from pipeline.orchestration.sweep import run_sweep
+    from pipeline.orchestration.train import eval_resources
     from pipeline.scenario import build_scenario
     from pipeline.storage import read_tensors
 
@@ -262,10 +263,15 @@ def run_scenario(cfg: BenchmarkConfig, scenario: ScenarioConfig, run_dir: str,
         for t in range(T):
             items.append(("avg", "ind", t, ("tau", ray.put(merging.average(tvs["ind"][: t + 1])), 1.0)))
     t0 = time.time()
-    workers = max(1, int(ray.cluster_resources().get("CPU", 1) // max(cfg.ray.eval_cpus, 0.25)))
+    res = eval_resources(cfg)
+    cluster = ray.cluster_resources()
+    workers = int(cluster.get("CPU", 1) // max(res["CPU"], 0.25))
+    if res["GPU"] > 0:
+        workers = min(workers, int(cluster.get("GPU", 0) // res["GPU"]))
+    workers = max(1, workers)
     chunks = [items[i::workers] for i in range(min(workers, len(items)))]
-    evals = ray.get([evaluate_many.options(num_cpus=cfg.ray.eval_cpus).remote(cfg, scenario, [c[3] for c in chunk])
-                     for chunk in chunks])
+    evals = ray.get([evaluate_many.options(num_cpus=res["CPU"], num_gpus=res["GPU"])
+                     .remote(cfg, scenario, [c[3] for c in chunk]) for chunk in chunks])
     results = {}
     for chunk, res in zip(chunks, evals):
         for item, r in zip(chunk, res):

@@ -14,6 +14,7 @@ import ray
 from ray import tune
 
 from pipeline.config import BenchmarkConfig, ScenarioConfig
+from pipeline.orchestration.train import eval_resources
 
 
 def _trial(config: dict[str, Any], cfg: BenchmarkConfig, scenario: ScenarioConfig,
@@ -38,7 +39,7 @@ def run_sweep(cfg: BenchmarkConfig, scenario: ScenarioConfig, merged_refs: dict[
     """Evaluate every ``{"method", "lam", "role"}`` trial; returns them with ``accuracy`` filled in."""
     trainable = tune.with_resources(
         tune.with_parameters(_trial, cfg=cfg, scenario=scenario, merged=merged_refs),
-        {"CPU": cfg.ray.eval_cpus},
+        {k: v for k, v in eval_resources(cfg).items() if v > 0},
     )
     path = Path(storage_path) / name
     if tune.Tuner.can_restore(str(path)):

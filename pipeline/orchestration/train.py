@@ -35,6 +35,12 @@ def use_gpu(cfg: BenchmarkConfig) -> bool:
     return cfg.ray.use_gpu == "true"
 
 
+def eval_resources(cfg: BenchmarkConfig) -> dict[str, float]:
+    """Resources of one evaluation task or Tune trial: a GPU share wherever training has GPUs."""
+    gpus = cfg.ray.eval_gpus if cfg.ray.eval_gpus >= 0 else (0.25 if use_gpu(cfg) else 0.0)
+    return {"CPU": cfg.ray.eval_cpus, "GPU": gpus}
+
+
 def _train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
     """Ray Train worker function: run the chain, report every epoch; returns a failure, if any."""
     import ray.train
