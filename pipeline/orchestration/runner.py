@@ -183,10 +183,12 @@ def _scenario_paths(cfg: BenchmarkConfig, plan: Plan, scenario: ScenarioConfig,
     paths: dict[str, list[str] | Exception] = {}
     for unit in scenario_units(cfg, scenario, num_tasks(scenario)):
         got = outcomes[index[(unit.key(cfg), unit.tasks)]]
-        if isinstance(got, Exception) or isinstance(paths.get(unit.mode), Exception):
-            paths[unit.mode] = paths.get(unit.mode) if isinstance(paths.get(unit.mode), Exception) else got
-            continue
-        paths.setdefault(unit.mode, []).extend(got)  # type: ignore[union-attr]
+        if isinstance(paths.get(unit.mode), Exception):
+            continue  # the mode already failed: its first error stands
+        if isinstance(got, Exception):
+            paths[unit.mode] = got
+        else:
+            paths.setdefault(unit.mode, []).extend(got)  # type: ignore[union-attr]
     return paths
 
 
