@@ -41,7 +41,8 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="rerun-") as tmp:
         storage = args.storage or str(Path(tmp) / "storage")
-        overrides = [f"storage={storage}", f"data_root={ROOT / 'data'}"]
+        # a private local Ray per run, as on a fresh machine (not a `ray start` cluster that may be running)
+        overrides = [f"storage={storage}", f"data_root={ROOT / 'data'}", "ray.address=local"]
         if args.quick:
             overrides += ["scenarios.0.tasks=2", "finetune.epochs=1", "merge.sweep_lambdas=[0.5]"]
         first, s1 = run_once(overrides)

@@ -146,6 +146,11 @@ def test_a_run_folder_refuses_results_of_another_config(scn, tmp_path):
     check_run_dir(replace(cfg, ray=replace(cfg.ray, num_workers=3)), str(tmp_path))  # how it runs: fine
     with pytest.raises(ConfigError, match=r"different config \(differs in \['finetune'\]\)"):
         check_run_dir(replace(cfg, finetune=replace(cfg.finetune, lr=0.5)), str(tmp_path))
+    # a config saved before a key existed is the same config when the key has its default
+    older = to_dict(cfg)
+    del older["finetune"]["ewc_fisher_batches"]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(older))
+    check_run_dir(cfg, str(tmp_path))
 
 
 def test_plan_shares_units_and_sees_the_cache(scn, tmp_path):
