@@ -7,13 +7,13 @@ name under the run's storage, so an interrupted sweep is restored and finishes o
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import ray
 from ray import tune
 
 from pipeline.config import BenchmarkConfig, ScenarioConfig
+from pipeline.storage import join
 from pipeline.orchestration.train import eval_resources
 
 
@@ -41,7 +41,7 @@ def run_sweep(cfg: BenchmarkConfig, scenario: ScenarioConfig, merged_refs: dict[
         tune.with_parameters(_trial, cfg=cfg, scenario=scenario, merged=merged_refs),
         {k: v for k, v in eval_resources(cfg).items() if v > 0},
     )
-    path = Path(storage_path) / name
+    path = join(storage_path, name)  # a local folder or a URI (s3://...), as Tune accepts both
     if tune.Tuner.can_restore(str(path)):
         tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True)
     else:
