@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from pipeline.config import ConfigError, load_config  # noqa: E402
+from pipeline.config import BenchmarkConfig, ConfigError, load_suite  # noqa: E402
 
 DEFAULT_CONFIG = ROOT / "configs" / "demo.yaml"
 
@@ -30,25 +30,38 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. finetune.lr=1e-4")
     args = parser.parse_args(argv)
     try:
-        cfg = load_config(args.config, args.overrides)
+        # a config with a `suite` (configs/paper/all.yaml) runs the configs it names after itself
+        configs = load_suite(args.config, args.overrides)
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2
 
-    from pipeline.orchestration.runner import resolve_paths, run_benchmark
+    from pipeline.orchestration.runner import resolve_paths
 
     if args.plan:
-        from pipeline.orchestration.plan import build_plan, format_plan
+        from pipeline.orchestration.plan import build_plan, format_plan, suite_summary
 
-        print(format_plan(build_plan(resolve_paths(cfg))))
+        plans = [build_plan(resolve_paths(cfg)) for cfg in configs]
+        print("\n\n".join(format_plan(plan) for plan in plans))
+        if len(plans) > 1:
+            print("\n" + suite_summary(plans))
         return 0
+    status = 0
+    for cfg in configs:
+        status = max(status, _run_one(cfg, args.no_report))
+    return status
+
+
+def _run_one(cfg: BenchmarkConfig, no_report: bool) -> int:
+    from pipeline.orchestration.runner import run_benchmark
+
     try:
         summary = run_benchmark(cfg)
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2
     run_dir = Path(cfg.storage if "://" in cfg.storage else Path(cfg.storage).resolve()) / cfg.name
-    if not args.no_report and "://" not in cfg.storage:
+    if not no_report and "://" not in cfg.storage:
         from pipeline.report import write_report
 
         paths = write_report(run_dir, run_dir / "report")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ class ScenarioConfig:
     tasks: int = 5
     name: str = ""                    # defaults to "<dataset>/<tasks>" or "<dataset>/dil"
     class_order_seed: int = -1        # -1: the reference order (CIFAR100's, else natural); else a seeded shuffle
+    analyses: tuple[str, ...] = ()    # figure analyses of this scenario (pipeline.orchestration.figures.ANALYSES)
 
     @property
     def label(self) -> str:
@@ -92,11 +94,13 @@ class RayConfig:
     max_concurrent_units: int = 0   # Train runs in flight; 0 = what the cluster holds now (raise it under an autoscaler)
     train_images_per_gpu_s: float = 0.0   # for --plan's estimate; 0 = the backbone's assumed figure
     eval_images_per_gpu_s: float = 0.0
+    tune_sweep: bool = True         # the (method, λ) grid on Ray Tune; false: plain evaluation tasks (profile=tiny)
 
 
 @dataclass(frozen=True)
 class BenchmarkConfig:
     name: str = "demo"
+    profile: str = "full"            # full | tiny: the same scenarios, methods and analyses on the tiny CLIP and generated data (PROFILES)
     seed: int = 5
     data_root: str = "data"
     storage: str = "results"
@@ -110,10 +114,42 @@ class BenchmarkConfig:
                                 "avg", "ties", "magmax")
     eval_batch_size: int = 512
     max_eval_per_class: int = 0      # 0: the whole test set
+    suite: tuple[str, ...] = ()      # further configs (paths relative to this file) run after this one with the same overrides
+
+
+# What a profile replaces in a config (file values; command-line overrides still win). "tiny" runs
+# any paper config's structure in CI on CPUs: the committed tiny CLIP, data generated in each
+# dataset's real on-disk format (pipeline.data.synthetic, written into data_root on first use),
+# one epoch, a short λ sweep, and the Train loop in-process (num_workers=0: no worker group to
+# start, ~2 s instead of ~20 s per unit on 2 CPUs).
+PROFILES: dict[str, dict[str, Any]] = {
+    "full": {},
+    "tiny": {
+        "data_root": "data/tiny",
+        "model": {"backbone": "local-dir:assets/tiny_clip", "pretrained": "", "cache_dir": "",
+                  "allow_download": False},
+        "finetune": {"lr": 1e-3, "batch_size": 16, "epochs": 1, "warmup_steps": 1, "loader_workers": 0,
+                     "ewc_fisher_batches": 1},
+        "merge": {"sweep_lambdas": [0.5, 1.0]},
+        "ray": {"num_workers": 0, "use_gpu": "false", "cpus_per_worker": 1.0, "group_independent": True,
+                # one CPU per evaluation: no more evaluation processes than Ray keeps alive when idle
+                # (its soft limit is the CPU count), so the next scenario finds them warm
+                "eval_cpus": 1.0, "eval_gpus": 0.0, "tune_sweep": False},
+        "eval_batch_size": 256,
+    },
+}
+
+
+# pipeline.orchestration.figures.ANALYSES (Figures 2, 5, 6, 7, 8, 12, 13)
+KNOWN_ANALYSES = ("pruning", "kth_magnitude", "update_consistency", "contributions", "leave_one_out",
+                  "layer_magnitudes", "entry_histograms")
 
 
 KNOWN_METHODS = ("zero_shot", "joint", "seq_ft", "ind_ft", "lwf", "ewc", "randmix", "maxabs", "avg",
-                 "ties", "magmax", "task_arithmetic", "lwf_magmax", "ewc_magmax")
+                 "ties", "magmax", "task_arithmetic", "lwf_magmax", "ewc_magmax",
+                 # Table 4's merges of sequential fine-tunings and Table 6's MagMax over chains
+                 # whose task t starts from θ_1; results rows name them randmix/seq ... magmax/first
+                 "randmix_seq", "avg_seq", "ties_seq", "magmax_first")
 
 
 def _type_name(tp: Any) -> str:
@@ -248,6 +284,11 @@ def validate(cfg: BenchmarkConfig) -> BenchmarkConfig:
             raise ConfigError(f"scenarios[{i}].kind: {s.kind!r} is not class_incremental or domain_incremental")
         if s.tasks < 1:
             raise ConfigError(f"scenarios[{i}].tasks: must be >= 1, got {s.tasks}")
+        for j, name in enumerate(s.analyses):
+            if name not in KNOWN_ANALYSES:
+                raise ConfigError(f"scenarios[{i}].analyses[{j}]: unknown analysis {name!r}; "
+                                  f"known: {list(KNOWN_ANALYSES)}")
+        _check_task_count(s, f"scenarios[{i}]")
     f = cfg.finetune
     if f.lr <= 0:
         raise ConfigError(f"finetune.lr: must be > 0, got {f.lr}")
@@ -257,6 +298,8 @@ def validate(cfg: BenchmarkConfig) -> BenchmarkConfig:
         raise ConfigError(f"finetune.precision: {f.precision!r} is not auto, fp32, bf16 or fp16")
     if f.start_from not in ("previous", "zero", "first"):
         raise ConfigError(f"finetune.start_from: {f.start_from!r} is not previous, zero or first")
+    if cfg.profile not in PROFILES:
+        raise ConfigError(f"profile: {cfg.profile!r} is not one of {sorted(PROFILES)}")
     if cfg.ray.use_gpu not in ("auto", "true", "false"):
         raise ConfigError(f"ray.use_gpu: {cfg.ray.use_gpu!r} is not auto, true or false")
     if cfg.ray.num_workers < 0:
@@ -268,6 +311,28 @@ def validate(cfg: BenchmarkConfig) -> BenchmarkConfig:
     if cfg.ray.max_failures < 0:
         raise ConfigError(f"ray.max_failures: must be >= 0, got {cfg.ray.max_failures}")
     return cfg
+
+
+# Sizes of the built-in datasets, so that more tasks than classes (or domains) fails when the
+# config is read rather than after Ray has started. Datasets registered at run time are checked
+# when their scenario is built (pipeline.scenario.build_scenario).
+_NUM_CLASSES = {"cifar100": 100, "imagenet_r": 200, "domainnet": 345, "cub200": 200, "cars": 196,
+                "dtd": 47, "eurosat": 10, "gtsrb": 43, "mnist": 10, "svhn": 10, "resisc45": 45,
+                "sun397": 397, "demo_shapes": 100}
+_NUM_DOMAINS = {"domainnet": 6, "imagenet_r": 15}
+
+
+def _check_task_count(s: ScenarioConfig, where: str) -> None:
+    if s.kind == "domain_incremental":
+        if s.dataset in _NUM_DOMAINS and s.tasks > _NUM_DOMAINS[s.dataset]:
+            raise ConfigError(f"{where}.tasks: {s.tasks} tasks, but {s.dataset} has only "
+                              f"{_NUM_DOMAINS[s.dataset]} domains (one task per domain)")
+        if s.dataset in _NUM_CLASSES and s.dataset not in _NUM_DOMAINS:
+            raise ConfigError(f"{where}.kind: {s.dataset} has no domains; domain_incremental needs "
+                              f"one of {sorted(_NUM_DOMAINS)}")
+    elif s.dataset in _NUM_CLASSES and s.tasks > _NUM_CLASSES[s.dataset]:
+        raise ConfigError(f"{where}.tasks: {s.tasks} tasks is more than the {_NUM_CLASSES[s.dataset]} "
+                          f"classes of {s.dataset}")
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> BenchmarkConfig:
@@ -284,11 +349,55 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
     if overrides:
         # apply overrides on the full default tree so list entries (scenarios.0.tasks) resolve
         base = to_dict(_build(BenchmarkConfig, tree))
-        for key, value in parse_overrides(overrides):
+        parsed = parse_overrides(overrides)
+        for key, value in parsed:
             _check_path(key)
             _set_dotted(base, key, value)
         tree = base
+    else:
+        parsed = []
+    profile = tree.get("profile", "full")
+    if isinstance(profile, str) and PROFILES.get(profile):
+        # the profile replaces what the file says; what the command line says still wins
+        tree = to_dict(_build(BenchmarkConfig, tree))
+        _merge_tree(tree, PROFILES[profile])
+        for key, value in parsed:
+            _set_dotted(tree, key, value)
     return validate(_build(BenchmarkConfig, tree))
+
+
+def load_suite(path: str | Path, overrides: Sequence[str] = ()) -> list[BenchmarkConfig]:
+    """The config at ``path`` followed by every config of its ``suite`` (recursively, each once),
+    all with the same ``overrides``; suite paths are relative to the file that names them."""
+    out: list[BenchmarkConfig] = []
+    seen: set[Path] = set()
+
+    def visit(p: Path, named_in: str) -> None:
+        p = p.resolve()
+        if p in seen:
+            return
+        if not p.is_file():
+            raise ConfigError(f"{named_in}: suite config {p} does not exist")
+        seen.add(p)
+        cfg = load_config(p, overrides)
+        out.append(cfg)
+        for i, sub in enumerate(cfg.suite):
+            visit(p.parent / sub, f"{p.name}: suite[{i}]")
+
+    visit(Path(path), "--config")
+    names = [c.name for c in out]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ConfigError(f"suite of {path}: several configs are named {dupes}; each needs its own name")
+    return out
+
+
+def _merge_tree(tree: dict, patch: Mapping[str, Any]) -> None:
+    for key, value in patch.items():
+        if isinstance(value, Mapping) and isinstance(tree.get(key), dict):
+            _merge_tree(tree[key], value)
+        else:
+            tree[key] = value
 
 
 def _check_path(dotted: str) -> None:
@@ -316,12 +425,46 @@ def config_hash(cfg: Any) -> str:
 
 
 def save_config(cfg: BenchmarkConfig, path: str | Path) -> Path:
-    """Write the resolved config as YAML, atomically."""
+    """Write the resolved config as YAML, atomically, with credentials redacted.
+
+    A URI may carry credentials (``s3://KEY:SECRET@bucket/runs``, ``?secret_key=...``); the saved
+    copy is a record that lands beside the results, so those parts become ``***``. Credentials
+    belong in the environment (``AWS_ACCESS_KEY_ID``, ...), which is never written.
+    """
     import os
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    tmp.write_text(config_yaml(cfg))
     os.replace(tmp, path)
     return path
+
+
+def config_yaml(cfg: BenchmarkConfig) -> str:
+    """The resolved config as YAML text, credentials redacted (what ``save_config`` writes)."""
+    return yaml.safe_dump(redact(to_dict(cfg)), sort_keys=False)
+
+
+# user:password@ (the password may hold unescaped '/' or '+', as AWS secret keys do) or user@
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?:[^/@\s:]*:[^@\s]*|[^/@\s:]+)@")
+_SECRET_PARAM = re.compile(
+    r"(?P<key>[?&;](?:[A-Za-z0-9_-]*(?:secret|token|password|passwd|credential|signature|access_key)"
+    r"[A-Za-z0-9_-]*|sig|key))=(?P<value>[^&;#\s]*)", re.IGNORECASE)
+
+
+def redact(value: Any) -> Any:
+    """``value`` (a string, or lists/dicts of them) with URI credentials replaced by ``***``."""
+    if isinstance(value, str):
+        value = _USERINFO.sub(lambda m: f"{m['scheme']}***@", value)
+        return _SECRET_PARAM.sub(lambda m: f"{m['key']}=***", value)
+    if isinstance(value, Mapping):
+        return {k: redact(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(redact(v) for v in value)
+    return value
+
+
+def from_dict(tree: Mapping[str, Any]) -> BenchmarkConfig:
+    """A config from its plain form (e.g. a saved ``config.yaml``), defaults filled in and validated."""
+    return validate(_build(BenchmarkConfig, tree))

@@ -3,7 +3,10 @@
 A task vector is ``dict[str, torch.Tensor]`` keyed by parameter name (floating entries only).
 Every function here works key by key, and the ones that combine T vectors element-wise accept
 ``chunk_numel``: the flattened tensors are processed in slices of that many entries, so the
-temporaries grow with the slice, not with T x model size. Results never depend on the chunk size.
+temporaries grow with the slice, not with T x model size. Methods that stack the T tensors pick a
+slice of about 2M stacked entries themselves when ``chunk_numel`` is None. Results never depend on
+the chunk size. Task vectors may be memory-mapped (e.g. ``safetensors.safe_open``): inputs are
+only read, one slice at a time.
 
 Methods (``METHODS``): ``magmax`` (``maxabs`` is the same function applied to independently
 fine-tuned vectors, the paper's MaxAbs baseline), ``average``, ``task_arithmetic``,
@@ -18,7 +21,10 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
+import numpy as np
 import torch
 
 __all__ = [
@@ -120,15 +126,100 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
+# Methods that stack T tensors (T x chunk temporaries) use this many stacked entries per step when
+# no chunk_numel is given: 8 MiB of float32, so their memory does not grow with T x tensor size
+# and the stack stays cache-sized.
+_STACK_BUDGET = 1 << 21
+_STACK_MIN_CHUNK = 1 << 12  # below this, per-op overhead dominates
+
+
+def _stack_chunk(chunk_numel: int | None, n_tasks: int) -> int:
+    if chunk_numel is not None:
+        return chunk_numel
+    return max(_STACK_MIN_CHUNK, _STACK_BUDGET // max(1, n_tasks))
+
+
 # --------------------------------------------------------------------------------------------
 # MagMax
 
 
+# On CPU the fold runs in numpy on views of the same memory: torch's CPU kernels that produce or
+# consume boolean masks (>=, where) run at ~0.2 Gelem/s here, a tenth of memory speed, while
+# numpy's float compare and integer bit operations are SIMD (bench/RESULTS.md). The work goes block
+# by block so the temporaries stay in L2 cache; memory traffic is one read of cur and of new and
+# one write of cur. Elsewhere (GPU) torch's own kernels are memory-bound and are used as they are.
+_FOLD_BLOCK = 1 << 15  # entries per block: ~0.5 MiB of working set per thread
+_FOLD_PARALLEL_MIN = 1 << 20  # tensors smaller than this are not worth splitting over threads
+_NP_BITS = {torch.float16: np.int16, torch.float32: np.int32, torch.float64: np.int64}
+_TORCH_FOLD_BLOCK = 1 << 22  # 16 MiB of float32 per temporary
+
+
+def _fold_range(cur: np.ndarray, new: np.ndarray, lo: int, hi: int, bits: type) -> None:
+    """cur[lo:hi] <- new where |new| >= |cur|: torch.where's result bit for bit, NaN included.
+
+    ``bits`` is the integer type as wide as the float type of cur and new.
+    """
+    if hi <= lo:
+        return
+    width = min(_FOLD_BLOCK, hi - lo)
+    mag_new, mag_cur = np.empty(width, cur.dtype), np.empty(width, cur.dtype)
+    take_buf = np.empty(width, dtype=bool)
+    cur_bits, new_bits = cur.view(bits), new.view(bits)
+    for start in range(lo, hi, _FOLD_BLOCK):
+        stop = min(start + _FOLD_BLOCK, hi)
+        k = stop - start
+        a, b, take = mag_new[:k], mag_cur[:k], take_buf[:k]
+        np.abs(new[start:stop], out=a)
+        np.abs(cur[start:stop], out=b)
+        np.greater_equal(a, b, out=take)  # False where either side is NaN, as in torch
+        # branch-free select on the bit patterns (a random mask defeats branch prediction):
+        # cur ^= (cur ^ new) * take
+        diff = a.view(bits)
+        c = cur_bits[start:stop]
+        np.bitwise_xor(c, new_bits[start:stop], out=diff)
+        np.multiply(diff, take, out=diff)
+        np.bitwise_xor(c, diff, out=c)
+
+
+@contextmanager
+def _fold_pool() -> Iterator[ThreadPoolExecutor | None]:
+    """Threads for one merge call, as many as torch may use (numpy releases the GIL)."""
+    threads = torch.get_num_threads()
+    if threads <= 1:
+        yield None
+        return
+    with ThreadPoolExecutor(threads, thread_name_prefix="magmax-fold") as pool:
+        yield pool
+
+
 @torch.no_grad()
-def _fold_max(cur: torch.Tensor, new: torch.Tensor) -> None:
+def _fold_max(cur: torch.Tensor, new: torch.Tensor, pool: ThreadPoolExecutor | None = None) -> None:
     """cur <- new where |new| >= |cur| (the later vector wins ties), in place."""
-    mask = new.abs() >= cur.abs()
-    torch.where(mask, new, cur, out=cur)
+    if (cur.device.type != "cpu" or new.device.type != "cpu" or cur.dtype not in _NP_BITS
+            or new.dtype != cur.dtype or not cur.is_contiguous() or not new.is_contiguous()
+            or cur.is_conj() or new.is_conj() or cur.is_neg() or new.is_neg()):
+        # blocks small enough for a GPU's L2 cache, so the four kernels' temporaries do not
+        # travel to device memory and back
+        if not cur.is_contiguous() or new.shape != cur.shape:
+            torch.where(new.abs() >= cur.abs(), new, cur, out=cur)
+            return
+        cur_flat, new_flat = cur.view(-1), new.reshape(-1)
+        for lo in range(0, cur_flat.numel(), _TORCH_FOLD_BLOCK):
+            c, n = cur_flat[lo:lo + _TORCH_FOLD_BLOCK], new_flat[lo:lo + _TORCH_FOLD_BLOCK]
+            torch.where(n.abs() >= c.abs(), n, c, out=c)
+        return
+    c, n = cur.detach().view(-1).numpy(), new.detach().view(-1).numpy()
+    bits = _NP_BITS[cur.dtype]
+    size = c.size
+    parts = 1 if pool is None else min(torch.get_num_threads(), size // _FOLD_PARALLEL_MIN)
+    if parts <= 1:
+        _fold_range(c, n, 0, size, bits)
+        return
+    # contiguous shares rounded to whole blocks, one per thread
+    step = -(-size // parts // _FOLD_BLOCK) * _FOLD_BLOCK
+    futures = [pool.submit(_fold_range, c, n, lo, min(lo + step, size), bits) for lo in range(0, size, step)]
+    for f in futures:
+        f.result()
 
 
 @torch.no_grad()
@@ -142,14 +233,16 @@ def magmax(tvs: Sequence[Mapping[str, torch.Tensor]], *, chunk_numel: int | None
     keys = _validate(tvs)
     _check_chunk(chunk_numel)
     out: TaskVector = {}
-    for key in keys:
-        merged = tvs[0][key].detach().clone(memory_format=torch.contiguous_format)
-        flat = merged.view(-1)
-        for tv in tvs[1:]:
-            src = _flat(tv[key])
-            for sl in _slices(flat.numel(), chunk_numel):
-                _fold_max(flat[sl], src[sl])
-        out[key] = merged
+    with _fold_pool() as pool:
+        # key-major: one merged tensor (at most a few MiB) stays in cache while T sources stream
+        for key in keys:
+            merged = tvs[0][key].detach().clone(memory_format=torch.contiguous_format)
+            flat = merged.view(-1)
+            for tv in tvs[1:]:
+                src = _flat(tv[key])
+                for sl in _slices(flat.numel(), chunk_numel):
+                    _fold_max(flat[sl], src[sl], pool)
+            out[key] = merged
     return out
 
 
@@ -195,11 +288,12 @@ class RunningMagMax:
             }
         else:
             _check_compatible(self._value, tv, self.count)
-            for key, cur in self._value.items():
-                flat = cur.view(-1)
-                src = _flat(tv[key])
-                for sl in _slices(flat.numel(), self._chunk_numel):
-                    _fold_max(flat[sl], src[sl])
+            with _fold_pool() as pool:
+                for key, cur in self._value.items():
+                    flat = cur.view(-1)
+                    src = _flat(tv[key])
+                    for sl in _slices(flat.numel(), self._chunk_numel):
+                        _fold_max(flat[sl], src[sl], pool)
         self.count += 1
 
     @property
@@ -274,6 +368,7 @@ def random_mix(
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"seed must be an int, got {seed!r}")
     n = len(tvs)
+    chunk = _stack_chunk(chunk_numel, n)
     out: TaskVector = {}
     for key in keys:
         merged = tvs[0][key].detach().clone(memory_format=torch.contiguous_format)
@@ -282,10 +377,11 @@ def random_mix(
             gen = torch.Generator(device="cpu")
             gen.manual_seed(_key_seed(seed, key))
             choice = torch.randint(0, n, (flat.numel(),), generator=gen).to(flat.device)
-            for i, tv in enumerate(tvs[1:], start=1):
-                src = _flat(tv[key])
-                for sl in _slices(flat.numel(), chunk_numel):
-                    torch.where(choice[sl] == i, src[sl], flat[sl], out=flat[sl])
+            srcs = [_flat(tv[key]) for tv in tvs]
+            # one gather from a chunk-sized stack instead of T masked passes over the tensor
+            for sl in _slices(flat.numel(), chunk):
+                stack = torch.stack([s[sl] for s in srcs])
+                flat[sl] = stack.gather(0, choice[sl].unsqueeze(0)).squeeze(0)
         out[key] = merged
     return out
 
@@ -368,10 +464,72 @@ def trim_threshold(
         return None
     k = d - n_keep + 1  # n-th largest == k-th smallest
     dtype = _common_dtype(tv)
+    if d >= _BRACKET_MIN:
+        found = _nth_largest_abs_bracketed(tv, n_keep, dtype, chunk_numel or _BRACKET_CHUNK)
+        if found is not None:
+            return found
+        if chunk_numel is None:
+            chunk_numel = _BRACKET_CHUNK  # a whole-vector copy would cost two model sizes
     if chunk_numel is None:
         allabs = torch.cat([_flat(t).abs().to(dtype) for t in tv.values()])
         return allabs.kthvalue(k).values
     return _kth_smallest_abs_radix(tv, k, dtype, chunk_numel)
+
+
+# Above this many entries the threshold comes from a sampled bracket: a strided sample brackets
+# the n-th largest |entry|, one pass counts the entries above the bracket and collects those in
+# it, and the answer is an order statistic of that small set -- exact, in one pass instead of the
+# radix select's three, and without copying the whole vector.
+_BRACKET_MIN = 1 << 20
+_BRACKET_CHUNK = 1 << 20
+_SAMPLE_STRIDE = 241  # prime, so the sample does not lock onto a row length
+
+
+def _abs_band(x: torch.Tensor, lo: float, hi: float, dtype: torch.dtype) -> tuple[int, int, torch.Tensor]:
+    """(#|x| > hi, #|x| < lo, the |x| inside [lo, hi]); a NaN is in none of the three."""
+    a = x.abs().to(dtype)
+    if a.device.type == "cpu":
+        # numpy's comparisons are SIMD; torch's bool-producing CPU kernels are ~10x slower here
+        v = a.numpy()
+        above, below = int(np.count_nonzero(v > hi)), int(np.count_nonzero(v < lo))
+        return above, below, torch.from_numpy(v[(v >= lo) & (v <= hi)])
+    above, below = int((a > hi).sum()), int((a < lo).sum())
+    return above, below, a[(a >= lo) & (a <= hi)]
+
+
+@torch.no_grad()
+def _nth_largest_abs_bracketed(
+    tv: Mapping[str, torch.Tensor], n_keep: int, dtype: torch.dtype, chunk_numel: int,
+    stride: int = _SAMPLE_STRIDE,
+) -> torch.Tensor | None:
+    """The exact n_keep-th largest |entry|, or None when the sampled bracket misses it (or there
+    are NaNs, or the bracket holds too many entries); the caller then falls back to an exact
+    method that always works."""
+    d = sum(t.numel() for t in tv.values())
+    sample = torch.cat([_flat(t)[::stride].abs().to(dtype) for t in tv.values()])
+    m = sample.numel()
+    if m < 16:
+        return None
+    desc = torch.sort(sample, descending=True).values
+    rank = n_keep / d * m
+    margin = 6.0 * math.sqrt(rank * (1.0 - n_keep / d)) + 8.0
+    hi = float(desc[max(0, int(math.floor(rank - margin)))])
+    lo = float(desc[min(m - 1, int(math.ceil(rank + margin)))])
+    cap = max(1 << 16, d // 8)
+    above = below = held = 0
+    band: list[torch.Tensor] = []
+    for t in tv.values():
+        flat = _flat(t)
+        for sl in _slices(flat.numel(), chunk_numel):
+            a, b, inside = _abs_band(flat[sl], lo, hi, dtype)
+            above, below, held = above + a, below + b, held + inside.numel()
+            if held > cap:
+                return None
+            band.append(inside)
+    if above + below + held != d or not above < n_keep <= above + held:
+        return None
+    values = torch.cat(band)
+    return values.kthvalue(held - (n_keep - above) + 1).values
 
 
 def _kept(stack: torch.Tensor, thresholds: list[torch.Tensor | None], dtype: torch.dtype) -> torch.Tensor:
@@ -427,6 +585,7 @@ def ties(
     if resolve_zero not in ("majority", "zero"):
         raise ValueError(f"resolve_zero must be 'majority' or 'zero', got {resolve_zero!r}")
     thresholds = [trim_threshold(tv, top_k, chunk_numel=chunk_numel) for tv in tvs]
+    chunk_numel = _stack_chunk(chunk_numel, len(tvs))
     dtype = _common_dtype(tvs[0])
     out: TaskVector = {}
     balance = 0  # (#elements elected +) - (#elected -), for the majority rule
@@ -444,9 +603,10 @@ def ties(
             balance += int((sign > 0).sum().item()) - int((sign < 0).sum().item())
             flat_out[sl] = _signed_mean(kept, sign).to(ref.dtype)
             if resolve_zero == "majority":
-                tied = (sign == 0) & (kept != 0).any(0)
-                if bool(tied.any()):
-                    idx = tied.nonzero().squeeze(1)
+                # look for kept entries only in the zero-sum columns (few once T is large)
+                zero = (sign == 0).nonzero().squeeze(1)
+                idx = zero[(kept[:, zero] != 0).any(0)] if zero.numel() else zero
+                if idx.numel():
                     sub = kept[:, idx]
                     pos = _signed_mean(sub, torch.ones((), dtype=dtype, device=sub.device))
                     neg = _signed_mean(sub, -torch.ones((), dtype=dtype, device=sub.device))
@@ -478,6 +638,7 @@ def kth_magnitude(
     n = len(tvs)
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n:
         raise ValueError(f"k must be an int in [1, {n}], got {k!r}")
+    chunk_numel = _stack_chunk(chunk_numel, n)
     out: TaskVector = {}
     for key in keys:
         ref = tvs[0][key]

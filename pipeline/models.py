@@ -50,9 +50,11 @@ class Clip:
 
 def backbone_id(backbone: str, pretrained: str | None) -> str:
     """A readable identifier such as ``ViT-B-16/openai`` used in results and cache keys."""
+    from pipeline.config import redact  # it lands in every result row: no URI credentials
+
     if backbone.startswith("local-dir:"):
         return Path(backbone.split(":", 1)[1]).name
-    return f"{backbone}/{pretrained}" if pretrained else backbone
+    return redact(f"{backbone}/{pretrained}" if pretrained else backbone)
 
 
 def load_clip(
@@ -87,6 +89,15 @@ def load_clip(
     tokenizer = open_clip.get_tokenizer(backbone)
     model.eval()
     return Clip(model, train_tf, eval_tf, tokenizer, backbone_id(backbone, pretrained))
+
+
+def visual_shapes(backbone: str) -> dict[str, tuple[int, ...]]:
+    """Shapes of an open_clip architecture's floating-point image-tower tensors (e.g. the 86M
+    parameters of ``ViT-B-16``), built on the meta device: no weights allocated or downloaded."""
+    import open_clip
+
+    model = open_clip.create_model(backbone, pretrained=None, device="meta")
+    return {k: tuple(v.shape) for k, v in model.visual.state_dict().items() if v.is_floating_point()}
 
 
 def save_local_clip(model: nn.Module, model_cfg: dict, folder: str | os.PathLike,

@@ -177,9 +177,35 @@ def _build_cached(cfg: BenchmarkConfig, scenario: ScenarioConfig, device: str) -
         task_classes = class_incremental_splits(order, scenario.tasks)
         train_idx = [task_indices(data.train_targets, c) for c in task_classes]
         test_idx = [np.intersect1d(task_indices(data.test_targets, c), test_idx_all) for c in task_classes]
-    head = zero_shot_head(clip, data.classnames, data.templates)
+    head = _cached_head(cfg, clip, data.classnames, data.templates)
     theta0 = image_encoder_state(clip.model)
     return Scenario(cfg, scenario, clip, data, head, task_classes, train_idx, test_idx, theta0)
+
+
+def _cached_head(cfg: BenchmarkConfig, clip: Clip, classnames: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
+    """The zero-shot head, kept under ``storage/heads`` by content address.
+
+    Every Train worker, evaluator and Tune trial builds the scenario in its own process; on CPUs
+    encoding C classes x 80 templates costs seconds to minutes per process, so the first one
+    stores the head and the others read it. The key covers the text tower's weights, the class
+    names and the templates: anything that changes the head changes the file.
+    """
+    import hashlib
+    import json
+
+    from pipeline import storage
+
+    digest = hashlib.sha256(json.dumps([list(classnames), list(templates)]).encode())
+    for name, tensor in sorted(clip.model.state_dict().items()):
+        if not name.startswith("visual."):
+            digest.update(name.encode())
+            digest.update(tensor.detach().float().cpu().numpy().tobytes())
+    path = storage.join(cfg.storage, "heads", f"{digest.hexdigest()[:24]}.safetensors")
+    if storage.exists(path):
+        return storage.read_tensors(path)["head"]
+    head = zero_shot_head(clip, classnames, templates)
+    storage.write_tensors({"head": head}, path, metadata={"classes": str(len(classnames))})
+    return head
 
 
 def load_clip_from_config(model: ModelConfig) -> Clip:

@@ -24,7 +24,10 @@ from pipeline.models import load_visual_state, visual_state
 from pipeline.scenario import Scenario
 from pipeline.storage import CheckpointStore, TrainState
 
-MODES = ("seq", "ind", "lwf", "ewc", "joint")
+MODES = ("seq", "ind", "lwf", "ewc", "joint", "first")
+# "first" is a sequential chain whose task t starts from θ_1 (Table 6), whatever finetune.start_from
+# says; it is the same chain as "seq" under start_from=first and shares its checkpoints.
+CHAINED = ("seq", "lwf", "ewc", "first")
 
 
 @dataclass(frozen=True)
@@ -32,7 +35,7 @@ class ChainUnit:
     """A set of fine-tuned checkpoints one Train run produces (its folder is content-addressed)."""
 
     scenario: ScenarioConfig
-    mode: str                      # seq | ind | lwf | ewc | joint
+    mode: str                      # seq | ind | lwf | ewc | joint | first
     tasks: tuple[int, ...]         # task indices this unit trains (joint: all, trained at once)
 
     def key(self, cfg: BenchmarkConfig) -> str:
@@ -59,11 +62,14 @@ def checkpoint_key(cfg: BenchmarkConfig, scenario: ScenarioConfig, mode: str) ->
     from pipeline.scenario import DEFAULT_EPOCHS
 
     f = cfg.finetune
+    start_from = f.start_from
+    if mode == "first":
+        mode, start_from = "seq", "first"
     recipe = {"lr": f.lr, "weight_decay": f.weight_decay, "batch_size": f.batch_size,
               "epochs": f.epochs or DEFAULT_EPOCHS.get(scenario.dataset, 10),
               "warmup_steps": f.warmup_steps, "grad_clip": f.grad_clip, "precision": f.precision}
     if mode in ("seq", "lwf", "ewc"):
-        recipe["start_from"] = f.start_from
+        recipe["start_from"] = start_from
     if mode == "lwf":
         recipe.update(lwf_lambda=f.lwf_lambda, lwf_temperature=f.lwf_temperature)
     if mode == "ewc":
@@ -115,7 +121,8 @@ def run_chain(
     store = CheckpointStore(unit_dir)
     f = cfg.finetune
     recipe = recipe_from(cfg, scn.epochs)
-    sequential = unit.mode in ("seq", "lwf", "ewc")
+    sequential = unit.mode in CHAINED
+    start_from = "first" if unit.mode == "first" else f.start_from
     ewc = EWC(lam=f.ewc_lambda) if unit.mode == "ewc" else None
     model = scn.classifier()
     if wrap_visual is not None:
@@ -144,9 +151,9 @@ def run_chain(
             continue
 
         # starting point: θ0 for independent, θ_{t-1} for sequential (Table 6: θ0 or θ1 alike)
-        if unit.mode == "ind" or (sequential and f.start_from == "zero"):
+        if unit.mode == "ind" or (sequential and start_from == "zero"):
             _load(model, scn.theta0)
-        elif sequential and f.start_from == "first" and first_state is not None:
+        elif sequential and start_from == "first" and first_state is not None:
             _load(model, first_state)
         train_tasks = list(unit.tasks) if unit.mode == "joint" else [task]
         head, lmap = scn.train_head(None if unit.mode == "joint" else task)

@@ -188,11 +188,24 @@ def test_an_interrupted_sweep_is_restored_without_redoing_finished_trials(scn, r
     with pytest.raises(RuntimeError, match="sweep trial .* failed"):
         run_sweep(scn.cfg, scn.scenario, {"magmax": tau}, trials, str(tmp_path), "sweep-test")
     exp = tmp_path / "sweep-test"
-    finished = {p: p.stat().st_mtime_ns for p in exp.rglob("result.json") if p.stat().st_size > 0}
+
+    def finished_at() -> dict:
+        # when each finished trial produced its result (Tune may rewrite the file on restore)
+        import json
+
+        out = {}
+        for p in exp.rglob("result.json"):
+            lines = [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+            if lines:
+                out[p.parent.name] = lines[-1]["timestamp"]
+        return out
+
+    finished = finished_at()
     assert len(finished) == 2
 
     out = run_sweep(scn.cfg, scn.scenario, {"magmax": tau, "ties": tau}, trials, str(tmp_path), "sweep-test")
     assert sorted((t["method"], t["lam"]) for t in out) == [("magmax", 0.25), ("magmax", 0.5), ("ties", 0.5)]
     assert len({t["accuracy"] for t in out}) == 1  # a zero task vector is θ0 whatever λ
-    for p, mtime in finished.items():  # the finished trials were restored, not run again
-        assert p.stat().st_mtime_ns == mtime, p
+    after = finished_at()
+    for trial, stamp in finished.items():  # the finished trials were restored, not run again
+        assert after[trial] == stamp, trial

@@ -18,11 +18,12 @@ from pipeline.units import ChainUnit
 
 # which fine-tuning mode each method needs
 MODE_METHODS: dict[str, set[str]] = {
-    "seq": {"seq_ft", "magmax"},
+    "seq": {"seq_ft", "magmax", "randmix_seq", "avg_seq", "ties_seq"},
     "ind": {"ind_ft", "maxabs", "avg", "ties", "randmix", "task_arithmetic"},
     "lwf": {"lwf", "lwf_magmax"},
     "ewc": {"ewc", "ewc_magmax"},
     "joint": {"joint"},
+    "first": {"magmax_first"},
 }
 
 # Published train/test sizes of the paper's datasets (ImageNet-R: our recorded 80/20 split),
@@ -128,12 +129,20 @@ def evaluations_per_scenario(cfg: BenchmarkConfig, scenario: ScenarioConfig) -> 
     """How many full test-set evaluations the runner makes for one scenario."""
     T = num_tasks(scenario)
     methods = set(cfg.methods)
-    matrices = sum(1 for m in ("seq_ft", "lwf", "ewc", "magmax", "maxabs", "lwf_magmax", "ewc_magmax", "avg")
-                   if m in methods)
-    finals = sum(1 for m in ("magmax", "maxabs", "ties", "randmix", "avg", "lwf_magmax", "ewc_magmax")
-                 if m in methods)
+    matrices = sum(1 for m in ("seq_ft", "lwf", "ewc", "magmax", "maxabs", "lwf_magmax", "ewc_magmax", "avg",
+                               "magmax_first") if m in methods)
+    finals = sum(1 for m in ("magmax", "maxabs", "ties", "randmix", "avg", "lwf_magmax", "ewc_magmax",
+                             "randmix_seq", "avg_seq", "ties_seq", "magmax_first") if m in methods)
     sweep = len(cfg.merge.sweep_methods) * len(cfg.merge.sweep_lambdas)
-    return 1 + ("joint" in methods) + matrices * T + finals + sweep
+    figures = 0
+    if scenario.analyses:
+        from pipeline.orchestration.figures import PRUNE_KEEP
+
+        modes = ("magmax" in methods) + ("maxabs" in methods)
+        figures += 3 * len(PRUNE_KEEP) * ("pruning" in scenario.analyses)
+        figures += modes * T * ("kth_magnitude" in scenario.analyses)
+        figures += modes * (T + 1) * ("leave_one_out" in scenario.analyses)
+    return 1 + ("joint" in methods) + matrices * T + finals + sweep + figures
 
 
 def scenario_dir(run_dir: str, scenario: ScenarioConfig) -> str:
@@ -203,3 +212,31 @@ def format_plan(plan: Plan) -> str:
     if unknown:
         lines.append(f"(no size known for {', '.join(unknown)}: not in the estimate)")
     return "\n".join(lines)
+
+
+def suite_summary(plans: list[Plan]) -> str:
+    """Units and GPU-hours of several configs run together (a suite such as configs/paper/all.yaml).
+
+    A unit several configs need (same content address and tasks) is fine-tuned once: it is
+    counted once here, and its GPU-hours once.
+    """
+    seen: dict[tuple[str, tuple[int, ...]], tuple[Plan, PlannedUnit]] = {}
+    requested = 0
+    for plan in plans:
+        requested += plan.requested
+        for u in plan.units:
+            seen.setdefault((u.folder, u.unit.tasks), (plan, u))
+    train_h = 0.0
+    for plan, u in seen.values():
+        n = u.images_left(plan.cfg)
+        if n is not None and not u.done:
+            train_h += n / plan.throughput()[0] / 3600
+    eval_h = sum(p.gpu_hours_left()[1] for p in plans)
+    per_config = sum(len(p.units) for p in plans)
+    return "\n".join([
+        f"suite of {len(plans)} configs ({', '.join(p.cfg.name for p in plans)}):",
+        f"units: {len(seen)} unique ({per_config} over the configs' own plans, {requested} requested by "
+        f"scenario; {requested - len(seen)} shared)",
+        f"estimated GPU-hours left for the suite: {train_h + eval_h:.2f} (fine-tuning {train_h:.2f}, "
+        f"evaluation {eval_h:.2f})",
+    ])

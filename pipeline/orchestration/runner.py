@@ -23,7 +23,7 @@ import ray
 import yaml
 
 from pipeline import analysis, merging, metrics, storage
-from pipeline.config import BenchmarkConfig, ConfigError, ScenarioConfig, config_hash, to_dict
+from pipeline.config import BenchmarkConfig, ConfigError, ScenarioConfig, config_hash, from_dict, to_dict
 from pipeline.orchestration.plan import (
     FAILURES_FILE,
     MODE_METHODS,
@@ -65,6 +65,13 @@ def prepare_data(cfg: BenchmarkConfig, log: Log = print) -> None:
         if not (target / "test").is_dir():
             log(f"writing the demo world to {target}")
         write_image_folder(target, seed=0)
+    if cfg.profile == "tiny" and "://" not in cfg.data_root:
+        from pipeline.data.synthetic import TINY_WRITERS, write_tiny_datasets
+
+        wanted = {s.dataset for s in cfg.scenarios if s.dataset in TINY_WRITERS}
+        written = write_tiny_datasets(cfg.data_root, wanted)
+        if written:
+            log(f"profile=tiny: generated {', '.join(written)} under {cfg.data_root}")
 
 
 def _result_identity(cfg: BenchmarkConfig) -> dict:
@@ -79,8 +86,12 @@ def check_run_dir(cfg: BenchmarkConfig, run_dir: str) -> None:
     path = storage.join(run_dir, "config.yaml")
     if not storage.exists(path):
         return
-    saved = yaml.safe_load(storage.read_text(path)) or {}
-    saved.pop("ray", None)
+    try:
+        # through the config classes, so keys added since (with their defaults) are no difference
+        saved = _result_identity(from_dict(yaml.safe_load(storage.read_text(path)) or {}))
+    except ConfigError as err:
+        raise ConfigError(f"{path} is not a config this version can read ({err}); choose another name= "
+                          f"or storage=, or delete that run folder") from err
     mine = _result_identity(cfg)
     if saved != mine:
         diff = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k))
@@ -222,14 +233,21 @@ def run_scenario(cfg: BenchmarkConfig, scenario: ScenarioConfig, run_dir: str,
     # 2. task vectors and merges; the running MagMax vector lives in one actor per mode
     theta0 = scn.theta0
     tvs = {mode: [task_vector(read_tensors(p, theta0), theta0) for p in paths[mode]]
-           for mode in ("seq", "ind", "lwf", "ewc") if mode in paths}
+           for mode in ("seq", "ind", "lwf", "ewc", "first") if mode in paths}
     theta0_ref = ray.put(theta0)
     running: dict[str, list[ray.ObjectRef]] = {}
-    for mode, method in (("seq", "magmax"), ("ind", "maxabs"), ("lwf", "lwf_magmax"), ("ewc", "ewc_magmax")):
-        if mode not in tvs or method not in methods:
-            continue
-        actor = MagMaxActor.options(name=f"magmax:{cfg.name}:{scenario.label}:{mode}", get_if_exists=True) \
-            .remote(storage.join(run_dir, "actors", f"{scenario.label.replace('/', '_')}-{mode}"))
+    actors = {}
+    for mode, method in (("seq", "magmax"), ("ind", "maxabs"), ("lwf", "lwf_magmax"), ("ewc", "ewc_magmax"),
+                         ("first", "magmax_first")):
+        if mode in tvs and method in methods:
+            state_dir = storage.join(run_dir, "actors", f"{scenario.label.replace('/', '_')}-{mode}")
+            # a scenario run again (after a failure) folds from the first task: an actor resumed
+            # from the last run's state would skip every fold and give the final vector for each t
+            storage.delete(storage.join(state_dir, "running_magmax.safetensors"))
+            # all created before the first fold, so their processes start side by side
+            actors[method] = (mode, MagMaxActor.options(name=f"magmax:{cfg.name}:{scenario.label}:{mode}",
+                                                        get_if_exists=True).remote(state_dir))
+    for method, (mode, actor) in actors.items():
         running[method] = []
         for t, (path, tv) in enumerate(zip(paths[mode], tvs[mode])):
             # the tag is the checkpoint's content address: a restarted actor skips what it folded
@@ -247,6 +265,14 @@ def run_scenario(cfg: BenchmarkConfig, scenario: ScenarioConfig, run_dir: str,
         merged["ties"] = ray.put(merging.ties(ind, top_k=m.ties_top_k))
         merged["randmix"] = ray.put(merging.random_mix(ind, seed=cfg.seed))
         merged["task_arithmetic"] = ray.put(merging.task_arithmetic(ind))
+    if "seq" in tvs:
+        # Table 4: the same merges over sequentially fine-tuned vectors
+        seq = tvs["seq"]
+        for method, merge in (("avg_seq", lambda: merging.average(seq)),
+                              ("ties_seq", lambda: merging.ties(seq, top_k=m.ties_top_k)),
+                              ("randmix_seq", lambda: merging.random_mix(seq, seed=cfg.seed))):
+            if method in methods:
+                merged[method] = ray.put(merge())
 
     # 3. accuracy matrices and single-model results
     items: list[tuple[str, str, int, tuple]] = [("zero_shot", "none", -1, ("state", theta0_ref, 1.0))]
@@ -256,10 +282,13 @@ def run_scenario(cfg: BenchmarkConfig, scenario: ScenarioConfig, run_dir: str,
         if mode in paths and mode != "ind":
             items += [(method, mode, t, ("path", p, 1.0)) for t, p in enumerate(paths[mode])]
     lam_of = {"magmax": m.magmax_lambda, "maxabs": m.maxabs_lambda, "lwf_magmax": m.magmax_lambda,
-              "ewc_magmax": m.magmax_lambda}
+              "ewc_magmax": m.magmax_lambda, "magmax_first": m.magmax_lambda}
     finetuning_of = {"magmax": "seq", "maxabs": "ind", "lwf_magmax": "lwf", "ewc_magmax": "ewc",
-                     "avg": "ind", "ties": "ind", "randmix": "ind", "task_arithmetic": "ind"}
+                     "avg": "ind", "ties": "ind", "randmix": "ind", "task_arithmetic": "ind",
+                     "magmax_first": "first", "avg_seq": "seq", "ties_seq": "seq", "randmix_seq": "seq"}
     for method, refs_t in running.items():
+        if method == "magmax_first":
+            continue  # Table 6 reads its final row only; a second MagMax matrix would make Figure 4 ambiguous
         items += [(method, finetuning_of[method], t, ("tau", r, lam_of[method])) for t, r in enumerate(refs_t)]
     if "ind" in tvs and "avg" in methods:
         for t in range(T):
@@ -288,7 +317,9 @@ def run_scenario(cfg: BenchmarkConfig, scenario: ScenarioConfig, run_dir: str,
         matrix_rows.append({"method": method, "finetuning": ft, "lam": lam, "after_task": t, "eval_task": -1,
                             "role": "matrix", "metric": "accuracy", "value": overall})
         if t == T - 1 or method == "zero_shot":
-            if method in methods and method not in ("magmax", "maxabs", "avg"):
+            # merges get their final row from the headline trial below (one row per key)
+            if method in methods and method not in ("magmax", "maxabs", "avg", "lwf_magmax", "ewc_magmax",
+                                                     "magmax_first"):
                 final_rows.append({"method": method, "finetuning": ft, "lam": lam, "after_task": t,
                                    "role": "final", "metric": "accuracy", "value": overall})
 
@@ -296,7 +327,8 @@ def run_scenario(cfg: BenchmarkConfig, scenario: ScenarioConfig, run_dir: str,
     trials = []
     defaults = {"magmax": m.magmax_lambda, "maxabs": m.maxabs_lambda, "ties": m.ties_lambda,
                 "randmix": m.randmix_lambda, "avg": 1.0, "lwf_magmax": m.magmax_lambda,
-                "ewc_magmax": m.magmax_lambda}
+                "ewc_magmax": m.magmax_lambda, "magmax_first": m.magmax_lambda, "randmix_seq": m.randmix_lambda,
+                "avg_seq": 1.0, "ties_seq": m.ties_lambda}
     for method, lam in defaults.items():
         if method in methods and method in merged:
             trials.append({"method": method, "lam": lam, "role": "final"})
@@ -304,10 +336,22 @@ def run_scenario(cfg: BenchmarkConfig, scenario: ScenarioConfig, run_dir: str,
         if method in merged:
             trials += [{"method": method, "lam": lam, "role": "sweep"} for lam in m.sweep_lambdas]
     t0 = time.time()
-    # named by config and trial grid: Tuner.restore only finishes the grid it started with
-    swept = run_sweep(cfg, scenario, merged, trials, storage.join(cfg.storage, "ray_tune"),
-                      f"sweep-{cfg.name}-{scenario.label.replace('/', '_')}-{config_hash([cfg, trials])}")
-    log(f"{scenario.label}: {len(trials)} merge trials on Tune in {time.time() - t0:.1f}s")
+    if cfg.ray.tune_sweep:
+        # named by config and trial grid: Tuner.restore only finishes the grid it started with
+        swept = run_sweep(cfg, scenario, merged, trials, storage.join(cfg.storage, "ray_tune"),
+                          f"sweep-{cfg.name}-{scenario.label.replace('/', '_')}-{config_hash([cfg, trials])}")
+    else:
+        # the same trials as evaluation tasks: their warm workers skip Tune's per-scenario actors
+        grid = [("tau", merged[tr["method"]], tr["lam"]) for tr in trials]
+        resources = eval_resources(cfg)
+        done = ray.get([evaluate_many.options(num_cpus=resources["CPU"], num_gpus=resources["GPU"])
+                        .remote(cfg, scenario, grid[i::workers]) for i in range(min(workers, len(grid)))])
+        swept = [None] * len(trials)
+        for i, got in enumerate(done):
+            for j, (overall, per_task) in zip(range(i, len(trials), workers), got):
+                swept[j] = {**trials[j], "accuracy": overall, "per_task": per_task}
+    log(f"{scenario.label}: {len(trials)} merge trials {'on Tune ' if cfg.ray.tune_sweep else ''}"
+        f"in {time.time() - t0:.1f}s")
     sweep_rows = []
     for tr in swept:
         row = {"method": tr["method"], "finetuning": finetuning_of[tr["method"]], "lam": tr["lam"],
@@ -333,8 +377,15 @@ def run_scenario(cfg: BenchmarkConfig, scenario: ScenarioConfig, run_dir: str,
                               "metric": "average_forgetting",
                               "value": float(np.nanmean(metrics.forgetting(mat))) if T > 1 else 0.0})
 
+    if scenario.analyses:
+        from pipeline.orchestration.figures import evaluate_items, figure_rows
+
+        joint_tv = task_vector(read_tensors(paths["joint"][0], theta0), theta0) if "joint" in paths else None
+        analysis_rows += figure_rows(cfg, scenario, tvs, joint_tv, lambda items: evaluate_items(cfg, scenario, items))
+
     for part, rows in (("matrix", matrix_rows), ("sweep", sweep_rows), ("analysis", analysis_rows),
                        ("final", final_rows)):
+        rows = [{**r, "method": PUBLIC_NAMES.get(r["method"], r["method"])} for r in rows]
         write_unit(make_rows(common, rows), parts[part])
     failures_path = storage.join(out_dir, FAILURES_FILE)
     if failures:
@@ -342,6 +393,10 @@ def run_scenario(cfg: BenchmarkConfig, scenario: ScenarioConfig, run_dir: str,
     else:
         storage.delete(failures_path)
     return failures
+
+
+# config method keys whose results rows carry the paper's method name (their finetuning tells them apart)
+PUBLIC_NAMES = {"magmax_first": "magmax", "randmix_seq": "randmix", "avg_seq": "avg", "ties_seq": "ties"}
 
 
 def _matrix(rows: list[dict], method: str, T: int) -> np.ndarray:
@@ -352,6 +407,7 @@ def _matrix(rows: list[dict], method: str, T: int) -> np.ndarray:
     return mat
 
 
+HEADLINE_FINETUNING = {"magmax": "seq", "randmix": "ind", "avg": "ind", "ties": "ind"}
 SUMMARY_KEYS = ("zero_shot", "joint", "seq_ft", "lwf", "ewc", "randmix", "maxabs", "avg", "ties", "magmax")
 
 
@@ -363,6 +419,9 @@ def summarize(df) -> dict[str, Any]:
     out["chance"] = round(float(chance.value.iloc[0]), 2) if len(chance) else None
     for key in SUMMARY_KEYS:
         rows = final[final.method == key]
+        if key in HEADLINE_FINETUNING:
+            # Tables 4 and 6 add randmix/seq, magmax/first...: the headline is Table 1's variant
+            rows = rows[rows.finetuning == HEADLINE_FINETUNING[key]]
         out[key] = round(float(rows.value.iloc[0]), 2) if len(rows) else None
     forg = df[(df.role == "analysis") & (df.metric == "first_task_forgetting") & (df.method == "seq_ft")]
     out["seq_ft_first_task_forgetting"] = round(float(forg.value.iloc[0]), 2) if len(forg) else None

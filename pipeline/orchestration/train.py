@@ -134,7 +134,7 @@ def scenario_units(cfg: BenchmarkConfig, scenario: ScenarioConfig, num_tasks: in
     methods = set(cfg.methods)
     tasks = tuple(range(num_tasks))
     units = []
-    for mode in ("seq", "ind", "lwf", "ewc", "joint"):
+    for mode in ("seq", "ind", "lwf", "ewc", "joint", "first"):
         if not methods & MODE_METHODS[mode]:
             continue
         if mode == "ind" and not cfg.ray.group_independent:
