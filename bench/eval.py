@@ -1,6 +1,6 @@
 """Evaluation benchmark: throughput of a method x lambda sweep, and where its time goes.
 
-    .venv/bin/python bench/eval.py            # tiny CLIP, demo test set (30 images x 100 classes), ~2 min
+    .venv/bin/python bench/eval.py            # tiny CLIP, demo test set (10 images x 100 classes), ~3 min
     .venv/bin/python bench/eval.py --quick    # seconds
 
 One sweep trial is what a Tune trial of the pipeline does: ``apply_task_vector(theta0, tau, lam)``
@@ -32,15 +32,17 @@ METHODS = ("magmax", "ties", "random_mix", "average")
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="a few test images, small sweeps: a smoke test")
-    ap.add_argument("--test-per-class", type=int, help="test images per class (default 30; quick 1)")
+    ap.add_argument("--test-per-class", type=int, help="test images per class (default 10; quick 1)")
     ap.add_argument("--tasks", type=int, default=5, help="task vectors merged")
-    ap.add_argument("--lambdas", type=int, nargs="+", help="numbers of lambda values (default 1 2 5 10 20)")
-    ap.add_argument("--methods", type=int, nargs="+", help="numbers of methods (default 1 2 4)")
+    ap.add_argument("--sweeps", nargs="+", metavar="METHODSxLAMBDAS",
+                    help="sweep sizes, e.g. 1x1 1x4 (default 1x1 1x4 1x16 2x16 4x16; quick 1x1 1x2)")
     add_threads_arg(ap)
     args = ap.parse_args(argv)
-    lambdas = args.lambdas or ([1, 2] if args.quick else [1, 2, 5, 10, 20])
-    method_counts = args.methods or ([1, 2] if args.quick else [1, 2, 4])
-    per_class = args.test_per_class or (1 if args.quick else 30)
+    sweeps = [tuple(int(v) for v in item.lower().split("x")) for item in
+              (args.sweeps or (["1x1", "1x2"] if args.quick else ["1x1", "1x4", "1x16", "2x16", "4x16"]))]
+    if any(len(sw) != 2 or not 1 <= sw[0] <= len(METHODS) or sw[1] < 1 for sw in sweeps):
+        ap.error(f"--sweeps takes METHODSxLAMBDAS with 1 <= METHODS <= {len(METHODS)}")
+    per_class = args.test_per_class or (1 if args.quick else 10)
     torch.set_num_threads(args.threads)
     print(f"# bench/eval.py {' '.join(sys.argv[1:] if argv is None else argv)} on {machine()}")
 
@@ -63,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         gen = torch.Generator().manual_seed(0)
         tvs = [{k: torch.randn(v.shape, generator=gen) * 1e-3 for k, v in theta0.items()} for _ in range(args.tasks)]
         merged, merge_s = {}, {}
-        for name in METHODS[: max(method_counts)]:
+        for name in METHODS[: max(m for m, _ in sweeps)]:
             kwargs = {"random_mix": {"seed": 0}, "ties": {"top_k": 0.2}}.get(name, {})
             start = time.perf_counter()
             merged[name] = merging.METHODS[name](tvs, **kwargs)
@@ -71,25 +73,23 @@ def main(argv: list[str] | None = None) -> int:
         ev(theta0)  # warm-up: first forward allocates
 
         rows, points, apply_total, eval_total, trials_total = [], [], 0.0, 0.0, 0
-        for m in method_counts:
-            for n_lam in lambdas:
-                lams = [round(0.05 + 0.95 * i / max(1, n_lam - 1), 3) for i in range(n_lam)]
-                apply_s = eval_s = 0.0
-                for name in METHODS[:m]:
-                    for lam in lams:
-                        t0 = time.perf_counter()
-                        state = merging.apply_task_vector(theta0, merged[name], lam)
-                        t1 = time.perf_counter()
-                        ev(state)
-                        t2 = time.perf_counter()
-                        apply_s += t1 - t0
-                        eval_s += t2 - t1
-                trials = m * n_lam
-                total = apply_s + eval_s
-                points.append((trials, total))
-                apply_total, eval_total, trials_total = apply_total + apply_s, eval_total + eval_s, trials_total + trials
-                rows.append([m, n_lam, trials, total, total / trials, trials * n_images / total,
-                             100 * apply_s / total])
+        for m, n_lam in sweeps:
+            lams = [round(0.05 + 0.95 * i / max(1, n_lam - 1), 3) for i in range(n_lam)]
+            apply_s = eval_s = 0.0
+            for name in METHODS[:m]:
+                for lam in lams:
+                    t0 = time.perf_counter()
+                    state = merging.apply_task_vector(theta0, merged[name], lam)
+                    t1 = time.perf_counter()
+                    ev(state)
+                    t2 = time.perf_counter()
+                    apply_s += t1 - t0
+                    eval_s += t2 - t1
+            trials = m * n_lam
+            total = apply_s + eval_s
+            points.append((trials, total))
+            apply_total, eval_total, trials_total = apply_total + apply_s, eval_total + eval_s, trials_total + trials
+            rows.append([m, n_lam, trials, total, total / trials, trials * n_images / total, 100 * apply_s / total])
         slope, intercept, r2 = _line(points)
         print(f"test set: {n_images} images ({per_class} per class), tiny CLIP image tower; "
               f"setup (backbone, head, decoding the test set): {setup:.1f} s")

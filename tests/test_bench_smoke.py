@@ -32,7 +32,7 @@ def test_merge_bench_quick(tmp_path, capsys):
 
 
 def test_eval_bench_quick(capsys):
-    assert _bench("eval").main(["--quick", "--lambdas", "1", "2", "--methods", "1"]) == 0
+    assert _bench("eval").main(["--quick", "--sweeps", "1x1", "1x2"]) == 0
     out = capsys.readouterr().out
     assert "images / s" in out and "per trial: apply" in out
 
