@@ -120,6 +120,10 @@ def cpu_comparison(args: argparse.Namespace) -> None:
 
         import ray
 
+        if args.report_interval is not None:
+            # every ray.train.report blocks until the Train controller's next poll of its workers
+            # (RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, 2 s by default): the pipeline reports every epoch
+            os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = str(args.report_interval)
         if args.ray_niceness is not None:
             # Ray starts its workers at nice 15; on a machine shared with other work that alone
             # slows the Ray path, so by default both paths run at the same priority
@@ -157,8 +161,9 @@ def cpu_comparison(args: argparse.Namespace) -> None:
         print()
         mode = "Train in-process mode (num_workers=0)" if args.quick else "TorchTrainer, 1 worker x 1 CPU"
         nice = os.environ.get("RAY_worker_niceness", "Ray's default 15")
-        print(f"## Training step throughput: Ray Train ({mode}, worker niceness {nice}) vs bare run_chain, "
-              f"best of {args.reps} repetitions")
+        poll = os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "2 (Ray's default)")
+        print(f"## Training step throughput: Ray Train ({mode}, worker niceness {nice}, controller poll "
+              f"interval {poll} s) vs bare run_chain, best of {args.reps} repetitions")
         print(table(["path", f"s, {e1} epochs", f"s, {e2} epochs", "s / epoch (marginal)", "images / s",
                      "fixed s per run"], rows))
         print()
@@ -236,6 +241,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ray-niceness", type=int, default=0,
                     help="nice level of Ray's worker processes (default 0, the bare loop's; Ray's own is 15)")
     ap.add_argument("--reports", type=int, default=20, help="reports timed alone (the per-epoch Ray work)")
+    ap.add_argument("--report-interval", type=float,
+                    help="RAY_TRAIN_HEALTH_CHECK_INTERVAL_S for the Ray cluster started here (each per-epoch "
+                         "report waits for this poll; Ray's default 2 s)")
     ap.add_argument("--gpu", action="store_true", help="ViT-B/16 images/s on a CUDA device instead")
     ap.add_argument("--steps", type=int, default=50, help="--gpu: steps per epoch")
     ap.add_argument("--gpu-epochs", type=int, default=2)
