@@ -31,20 +31,34 @@ class ModelConfig:
     allow_download: bool = False    # the default path never touches the network
 
 
+SCENARIO_KINDS = ("class_incremental", "domain_incremental", "multi_dataset")
+
+
 @dataclass(frozen=True)
 class ScenarioConfig:
     dataset: str = "demo_shapes"
-    kind: str = "class_incremental"   # or "domain_incremental"
-    tasks: int = 5
-    name: str = ""                    # defaults to "<dataset>/<tasks>" or "<dataset>/dil"
+    kind: str = "class_incremental"   # class_incremental | domain_incremental | multi_dataset
+    tasks: int = 5                    # multi_dataset: the number of datasets (one task each)
+    name: str = ""                    # defaults to "<dataset>/<tasks>", "<dataset>/dil" or "<N>datasets"
     class_order_seed: int = -1        # -1: the reference order (CIFAR100's, else natural); else a seeded shuffle
     analyses: tuple[str, ...] = ()    # figure analyses of this scenario (pipeline.orchestration.figures.ANALYSES)
+    # multi_dataset (Table 5): task t is the whole of datasets[t], trained and evaluated with that
+    # dataset's own zero-shot head; ``dataset`` stays empty
+    datasets: tuple[str, ...] = ()
+    methods: tuple[str, ...] = ()     # this scenario's methods; empty: the config's ``methods``
 
     @property
     def label(self) -> str:
         if self.name:
             return self.name
+        if self.kind == "multi_dataset":
+            return f"{len(self.datasets)}datasets"
         return f"{self.dataset}/dil" if self.kind == "domain_incremental" else f"{self.dataset}/{self.tasks}"
+
+    @property
+    def members(self) -> tuple[str, ...]:
+        """Every dataset the scenario reads."""
+        return self.datasets if self.kind == "multi_dataset" else (self.dataset,)
 
 
 @dataclass(frozen=True)
@@ -217,11 +231,31 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
         if key not in names:
             where = f"{prefix}.{key}" if prefix else key
             raise ConfigError(f"unknown config key {where!r}; known keys here: {sorted(names)}")
+    if cls is ScenarioConfig and data.get("kind") == "multi_dataset":
+        data = _multi_dataset_fields(data, prefix)
     kwargs = {}
     for key, value in data.items():
         where = f"{prefix}.{key}" if prefix else key
         kwargs[key] = _coerce(value, hints[key], where)
     return cls(**kwargs)
+
+
+def _multi_dataset_fields(data: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """A multi_dataset scenario's ``tasks`` is its number of datasets; ``dataset`` is unused."""
+    datasets = data.get("datasets")
+    if not isinstance(datasets, (list, tuple)) or not datasets:
+        raise ConfigError(f"{where}.datasets: a multi_dataset scenario needs a list of datasets, one per "
+                          f"task (e.g. [cars, mnist, eurosat, svhn, resisc45, sun397, dtd, gtsrb])")
+    if data.get("dataset", "") not in ("", None):
+        raise ConfigError(f"{where}.dataset: a multi_dataset scenario names its datasets in "
+                          f"{where}.datasets; leave dataset out")
+    if "tasks" in data and data["tasks"] != len(datasets):
+        raise ConfigError(f"{where}.tasks: {data['tasks']!r}, but a multi_dataset scenario has one task per "
+                          f"dataset and {where}.datasets has {len(datasets)}; set tasks={len(datasets)} "
+                          f"or leave tasks out")
+    if len(set(datasets)) != len(datasets):
+        raise ConfigError(f"{where}.datasets: {list(datasets)} names a dataset twice")
+    return {**data, "dataset": "", "tasks": len(datasets)}
 
 
 def to_dict(cfg: Any) -> Any:
@@ -264,6 +298,11 @@ def parse_overrides(overrides: Sequence[str]) -> list[tuple[str, Any]]:
     return out
 
 
+def scenario_methods(cfg: BenchmarkConfig, scenario: ScenarioConfig) -> tuple[str, ...]:
+    """The methods run on ``scenario``: its own list, else the config's."""
+    return scenario.methods or cfg.methods
+
+
 def validate(cfg: BenchmarkConfig) -> BenchmarkConfig:
     """Range checks the type system cannot express, each naming its key."""
     m = cfg.merge
@@ -280,8 +319,17 @@ def validate(cfg: BenchmarkConfig) -> BenchmarkConfig:
         if name not in KNOWN_METHODS:
             raise ConfigError(f"methods[{i}]: unknown method {name!r}; known: {list(KNOWN_METHODS)}")
     for i, s in enumerate(cfg.scenarios):
-        if s.kind not in ("class_incremental", "domain_incremental"):
-            raise ConfigError(f"scenarios[{i}].kind: {s.kind!r} is not class_incremental or domain_incremental")
+        if s.kind not in SCENARIO_KINDS:
+            raise ConfigError(f"scenarios[{i}].kind: {s.kind!r} is not one of {', '.join(SCENARIO_KINDS)}")
+        if s.kind != "multi_dataset" and s.datasets:
+            raise ConfigError(f"scenarios[{i}].datasets: only a multi_dataset scenario reads several datasets "
+                              f"(this one is {s.kind}; its dataset is scenarios[{i}].dataset)")
+        for j, name in enumerate(s.methods):
+            if name not in KNOWN_METHODS:
+                raise ConfigError(f"scenarios[{i}].methods[{j}]: unknown method {name!r}; known: {list(KNOWN_METHODS)}")
+        if s.kind == "multi_dataset" and "joint" in scenario_methods(cfg, s) and cfg.finetune.epochs == 0:
+            raise ConfigError(f"methods: joint on the multi_dataset scenario {s.label!r} needs finetune.epochs > 0 "
+                              f"(its datasets have different default epochs)")
         if s.tasks < 1:
             raise ConfigError(f"scenarios[{i}].tasks: must be >= 1, got {s.tasks}")
         for j, name in enumerate(s.analyses):
@@ -323,6 +371,8 @@ _NUM_DOMAINS = {"domainnet": 6, "imagenet_r": 15}
 
 
 def _check_task_count(s: ScenarioConfig, where: str) -> None:
+    if s.kind == "multi_dataset":
+        return
     if s.kind == "domain_incremental":
         if s.dataset in _NUM_DOMAINS and s.tasks > _NUM_DOMAINS[s.dataset]:
             raise ConfigError(f"{where}.tasks: {s.tasks} tasks, but {s.dataset} has only "

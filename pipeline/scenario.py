@@ -31,6 +31,8 @@ from pipeline.models import Clip, ImageClassifier, image_encoder_state, load_cli
 DEFAULT_EPOCHS = {"cifar100": 10, "imagenet_r": 10, "domainnet": 10, "cub200": 30, "cars": 30,
                   "dtd": 75, "eurosat": 12, "gtsrb": 11, "mnist": 5, "resisc45": 15, "sun397": 14,
                   "svhn": 4, "demo_shapes": 4}
+# The eight-dataset benchmark's own epochs (design.md) where they differ from the above.
+MULTI_DATASET_EPOCHS = {"cars": 35}
 DOMAIN_ORDERS = {"domainnet": DOMAINNET_DOMAINS, "imagenet_r": IMAGENET_R_DOMAINS}
 # Datasets small enough to decode once and keep as tensors (the demo world).
 IN_MEMORY_LIMIT = 50_000
@@ -89,8 +91,23 @@ class Scenario:
         return self.scenario.kind == "domain_incremental"
 
     @property
+    def multi_dataset(self) -> bool:
+        return self.scenario.kind == "multi_dataset"
+
+    @property
     def epochs(self) -> int:
-        return self.cfg.finetune.epochs or DEFAULT_EPOCHS.get(self.scenario.dataset, 10)
+        """Epochs per task of a single-dataset scenario (``epochs_for`` covers every kind)."""
+        return self.epochs_for(None)
+
+    def epochs_for(self, task: int | None) -> int:
+        """Epochs of ``task`` (None: the joint run): finetune.epochs, else its dataset's default."""
+        return task_epochs(self.cfg, self.scenario, task)
+
+    @property
+    def chance(self) -> float:
+        """Accuracy (%) of guessing: over all classes, or the datasets' mean with their own heads."""
+        return float(np.mean([100.0 / len(c) for c in self.task_classes])) if self.multi_dataset \
+            else 100.0 / len(self.data.classnames)
 
     def classifier(self, state: dict[str, torch.Tensor] | None = None) -> ImageClassifier:
         """A fresh image classifier over θ0 (or ``state``) with the frozen full head."""
@@ -120,6 +137,17 @@ class Scenario:
         return DataLoader(subset, batch_size=batch_size, sampler=EpochShuffle(subset, seed),
                           num_workers=workers, drop_last=False, persistent_workers=False)
 
+    def eval_head(self, task: int) -> tuple[torch.Tensor, np.ndarray]:
+        """The head rows a test sample of ``task`` is classified over and their class ids.
+
+        Only multi-dataset scenarios restrict it (each dataset is evaluated with its own head);
+        elsewhere evaluation is task-agnostic over every class.
+        """
+        if not self.multi_dataset:
+            return self.head, np.arange(len(self.head))
+        classes = np.asarray(self.task_classes[task])
+        return self.head[torch.as_tensor(classes)], classes
+
     def test_loader(self, batch_size: int, workers: int = 0) -> DataLoader:
         idx = np.concatenate(self.test_task_idx) if not self.domain_incremental else np.arange(len(self.data.test))
         return DataLoader(Subset(self.data.test, np.unique(idx).tolist()), batch_size=batch_size,
@@ -131,6 +159,39 @@ class Scenario:
             np.arange(len(self.data.test))
         pos = {int(i): p for p, i in enumerate(idx)}
         return [np.array([pos[int(i)] for i in group], dtype=np.int64) for group in self.test_task_idx]
+
+
+def task_epochs(cfg: BenchmarkConfig, scenario: ScenarioConfig, task: int | None) -> int:
+    """Epochs of one task: ``finetune.epochs`` when set, else its dataset's default (design.md)."""
+    if cfg.finetune.epochs:
+        return cfg.finetune.epochs
+    if scenario.kind != "multi_dataset":
+        return DEFAULT_EPOCHS.get(scenario.dataset, 10)
+    if task is None:
+        raise ValueError(f"scenario {scenario.label}: a joint run over several datasets needs finetune.epochs > 0")
+    name = scenario.datasets[task]
+    return MULTI_DATASET_EPOCHS.get(name, DEFAULT_EPOCHS.get(name, 10))
+
+
+class _OffsetTargets(Dataset):
+    """A dataset's samples with labels shifted into a union label space (datasets too big to hold)."""
+
+    def __init__(self, base: Dataset, offset: int) -> None:
+        self.base, self.offset = base, int(offset)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image, label = self.base[index]
+        return image, int(label) + self.offset
+
+
+def _offset(dataset: Dataset, offset: int) -> Dataset:
+    if isinstance(dataset, TensorDataset):
+        images, labels = dataset.tensors
+        return TensorDataset(images, labels + offset)
+    return _OffsetTargets(dataset, offset)
 
 
 def _subsample(targets: np.ndarray, per_class: int, seed: int) -> np.ndarray:
@@ -147,14 +208,21 @@ def build_scenario(cfg: BenchmarkConfig, scenario: ScenarioConfig, device: str =
     return _build_cached(cfg, scenario, device)
 
 
+def _load(cfg: BenchmarkConfig, name: str, clip: Clip) -> DatasetBundle:
+    data = load_dataset(name, Path(cfg.data_root), clip.eval_transform, clip.eval_transform)
+    if len(data.train) <= IN_MEMORY_LIMIT:
+        data.train = _materialize(data.train)
+        data.test = _materialize(data.test)
+    return data
+
+
 @functools.lru_cache(maxsize=4)
 def _build_cached(cfg: BenchmarkConfig, scenario: ScenarioConfig, device: str) -> Scenario:
     register_builtin_extras()
     clip = load_clip_from_config(cfg.model)
-    data = load_dataset(scenario.dataset, Path(cfg.data_root), clip.eval_transform, clip.eval_transform)
-    if len(data.train) <= IN_MEMORY_LIMIT:
-        data.train = _materialize(data.train)
-        data.test = _materialize(data.test)
+    if scenario.kind == "multi_dataset":
+        return _build_multi_dataset(cfg, scenario, clip)
+    data = _load(cfg, scenario.dataset, clip)
     test_idx_all = np.arange(len(data.test_targets))
     if cfg.max_eval_per_class:
         test_idx_all = _subsample(data.test_targets, cfg.max_eval_per_class, cfg.seed)
@@ -180,6 +248,42 @@ def _build_cached(cfg: BenchmarkConfig, scenario: ScenarioConfig, device: str) -
     head = _cached_head(cfg, clip, data.classnames, data.templates)
     theta0 = image_encoder_state(clip.model)
     return Scenario(cfg, scenario, clip, data, head, task_classes, train_idx, test_idx, theta0)
+
+
+def _build_multi_dataset(cfg: BenchmarkConfig, scenario: ScenarioConfig, clip: Clip) -> Scenario:
+    """Task t = all of ``datasets[t]``, in one label space made of the datasets' classes in order.
+
+    The head is the datasets' zero-shot heads (each from its own templates) stacked, so training
+    task t is class-incremental training on t's rows (labels remapped as for any task), LwF and
+    EWC work unchanged, and evaluation restricts each test sample to its own dataset's rows.
+    """
+    from torch.utils.data import ConcatDataset
+
+    trains, tests, heads, names = [], [], [], []
+    task_classes, train_idx, test_idx = [], [], []
+    train_targets, test_targets = [], []
+    n_classes = n_train = n_test = 0
+    for name in scenario.datasets:
+        data = _load(cfg, name, clip)
+        C = len(data.classnames)
+        keep = np.arange(len(data.test_targets))
+        if cfg.max_eval_per_class:
+            keep = _subsample(data.test_targets, cfg.max_eval_per_class, cfg.seed)
+        trains.append(_offset(data.train, n_classes))
+        tests.append(_offset(data.test, n_classes))
+        heads.append(_cached_head(cfg, clip, data.classnames, data.templates))
+        names += [f"{name}:{c}" for c in data.classnames]
+        task_classes.append(list(range(n_classes, n_classes + C)))
+        train_idx.append(np.arange(n_train, n_train + len(data.train_targets)))
+        test_idx.append(n_test + keep)
+        train_targets.append(data.train_targets + n_classes)
+        test_targets.append(data.test_targets + n_classes)
+        n_classes, n_train, n_test = n_classes + C, n_train + len(data.train_targets), n_test + len(data.test_targets)
+    union = DatasetBundle(name=scenario.label, classnames=names, templates=[], train=ConcatDataset(trains),
+                          test=ConcatDataset(tests), train_targets=np.concatenate(train_targets),
+                          test_targets=np.concatenate(test_targets))
+    return Scenario(cfg, scenario, clip, union, torch.cat(heads), task_classes, train_idx, test_idx,
+                    image_encoder_state(clip.model))
 
 
 def _cached_head(cfg: BenchmarkConfig, clip: Clip, classnames: Sequence[str], templates: Sequence[str]) -> torch.Tensor:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 
 from pipeline.config import BenchmarkConfig, ScenarioConfig
@@ -59,7 +60,7 @@ class ChainUnit:
 
 
 def checkpoint_key(cfg: BenchmarkConfig, scenario: ScenarioConfig, mode: str) -> str:
-    from pipeline.scenario import DEFAULT_EPOCHS
+    from pipeline.scenario import DEFAULT_EPOCHS, task_epochs
 
     f = cfg.finetune
     start_from = f.start_from
@@ -80,6 +81,10 @@ def checkpoint_key(cfg: BenchmarkConfig, scenario: ScenarioConfig, mode: str) ->
         "dataset": scenario.dataset, "kind": scenario.kind, "tasks": scenario.tasks,
         "class_order_seed": scenario.class_order_seed, "mode": mode, "recipe": recipe, "seed": cfg.seed,
     }
+    if scenario.kind == "multi_dataset":
+        # (only here, so that the keys of existing single-dataset checkpoints stay as they were)
+        determinants["datasets"] = list(scenario.datasets)
+        recipe["epochs"] = [task_epochs(cfg, scenario, t) for t in range(len(scenario.datasets))]
     blob = json.dumps(determinants, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -120,7 +125,6 @@ def run_chain(
     cfg = scn.cfg
     store = CheckpointStore(unit_dir)
     f = cfg.finetune
-    recipe = recipe_from(cfg, scn.epochs)
     sequential = unit.mode in CHAINED
     start_from = "first" if unit.mode == "first" else f.start_from
     ewc = EWC(lam=f.ewc_lambda) if unit.mode == "ewc" else None
@@ -156,6 +160,7 @@ def run_chain(
         elif sequential and start_from == "first" and first_state is not None:
             _load(model, first_state)
         train_tasks = list(unit.tasks) if unit.mode == "joint" else [task]
+        recipe = recipe_from(cfg, scn.epochs_for(None if unit.mode == "joint" else task))
         head, lmap = scn.train_head(None if unit.mode == "joint" else task)
         loader = scn.train_loader(train_tasks, cfg.seed * 1000 + task, f.batch_size, f.loader_workers
                                   if len(scn.data.train) > 50_000 else 0)
@@ -236,7 +241,11 @@ def _load(model, state: dict[str, torch.Tensor]) -> None:
 
 
 class Evaluator:
-    """Task-agnostic evaluation of image-tower weights on a scenario's test set (data kept in memory)."""
+    """Evaluation of image-tower weights on a scenario's test set (data kept in memory).
+
+    Task-agnostic over all classes, except in a multi-dataset scenario, where each dataset's
+    test samples are classified with its own head and the overall figure is the datasets' mean.
+    """
 
     def __init__(self, scn: Scenario, device: str | torch.device = "cpu") -> None:
         self.scn = scn
@@ -252,6 +261,16 @@ class Evaluator:
         _load(self.model, state)
         bs = self.scn.cfg.eval_batch_size
         batches = ((self.images[i:i + bs], self.labels[i:i + bs]) for i in range(0, len(self.labels), bs))
+        if self.scn.multi_dataset:
+            per_task = []
+            for t, group in enumerate(self.groups):
+                head, classes = self.scn.eval_head(t)
+                idx = torch.as_tensor(group)
+                images, labels = self.images[idx], self.labels[idx]
+                preds, labels = predict(self.model, ((images[i:i + bs], labels[i:i + bs])
+                                                     for i in range(0, len(labels), bs)), head, self.device)
+                per_task.append(accuracy(classes[preds], labels))
+            return float(np.mean(per_task)), per_task
         preds, labels = predict(self.model, batches, self.scn.head, self.device)
         per_task = [accuracy(preds[g], labels[g]) for g in self.groups]
         return accuracy(preds, labels), per_task

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PAPER = ROOT / "configs" / "paper"
 CONFIGS = sorted(PAPER.glob("*.yaml"))
 # the configs whose units all.yaml's ViT-B/16 part must cover (7 and 8 are its suite)
-B16 = ["table1", "table2", "table3", "table4", "table6", "figure2_5_6_7_8_13", "figure3_10", "figure4_11", "figure9",
+B16 = ["table1", "table2", "table3", "table4", "table5", "table6", "figure2_5_6_7_8_13", "figure3_10", "figure4_11", "figure9",
        "figure12"]
 
 
@@ -147,14 +147,18 @@ SUBSET = ("[{dataset: cifar100, tasks: 5, analyses: [layer_magnitudes]},"
           " {dataset: cifar100, tasks: 10, analyses: [pruning, kth_magnitude, update_consistency, contributions,"
           " leave_one_out, entry_histograms]},"
           " {dataset: imagenet_r, tasks: 10, analyses: [layer_magnitudes]}, {dataset: cub200, tasks: 5},"
-          " {dataset: cars, tasks: 5}, {dataset: domainnet, tasks: 6},"
-          " {dataset: domainnet, kind: domain_incremental, tasks: 6}, {dataset: imagenet_r, tasks: 15},"
-          " {dataset: imagenet_r, kind: domain_incremental, tasks: 15}]")
+          " {dataset: cars, tasks: 5}, {dataset: domainnet, tasks: 6, methods: &t2 [zero_shot, lwf, ewc, randmix,"
+          " maxabs, avg, ties, magmax]},"
+          " {dataset: domainnet, kind: domain_incremental, tasks: 6, methods: *t2},"
+          " {dataset: imagenet_r, tasks: 15, methods: *t2},"
+          " {dataset: imagenet_r, kind: domain_incremental, tasks: 15, methods: *t2},"
+          " {kind: multi_dataset, name: 8datasets, datasets: [cars, mnist, eurosat, svhn, resisc45, sun397, dtd, gtsrb],"
+          " methods: [zero_shot, randmix, avg, ties, maxabs, randmix_seq, avg_seq, ties_seq, magmax]}]")
 
 
 @pytest.mark.slow
 def test_tiny_paper_run_renders_every_table(tmp_path, ray_session, monkeypatch):
-    """all.yaml (Tables 1-4, 6 and every figure in one run) with profile=tiny, then make_report; Tables 7
+    """all.yaml (Tables 1-6 and every figure in one run) with profile=tiny, then make_report; Tables 7
     and 8 (all.yaml's suite) are Table 1 on other backbones, laid out here from the tiny backbone's rows."""
     from jobs import make_report, run_benchmark
 
@@ -167,7 +171,7 @@ def test_tiny_paper_run_renders_every_table(tmp_path, ray_session, monkeypatch):
     assert run_benchmark.main(argv) == 0
     run_dir = tmp_path / "storage" / "paper_all"
     out = tmp_path / "report"
-    tables = ["table1", "table2", "table3", "table4", "table6", "table7", "table8"]
+    tables = ["table1", "table2", "table3", "table4", "table5", "table6", "table7", "table8"]
     assert make_report.main([str(run_dir), "--out", str(out), "--tables", *tables, "--backbone", "tiny_clip"]) == 0
     cil = {c.label for c in paper.LAYOUTS["table1"].columns}
     if not full:
@@ -175,6 +179,7 @@ def test_tiny_paper_run_renders_every_table(tmp_path, ray_session, monkeypatch):
     for table in ("table1", "table3", "table4", "table6", "table7", "table8"):
         _check_rendered(out, table, cil)
     _check_rendered(out, "table2", {c.label for c in paper.LAYOUTS["table2"].columns})
+    _check_rendered(out, "table5", {c.label for c in paper.LAYOUTS["table5"].columns})
     # every figure of the report: 2, 3/10, 4, 5, 6, 7, 8, 9, 11, 12, 13
     from pipeline.report import FIGURES
 

@@ -9,11 +9,11 @@ assumptions (``ASSUMED_THROUGHPUT``, overridable in the config), not measurement
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from pipeline.storage import CheckpointStore, join
-from pipeline.config import BenchmarkConfig, ScenarioConfig
+from pipeline.config import BenchmarkConfig, ScenarioConfig, scenario_methods
 from pipeline.units import ChainUnit
 
 # which fine-tuning mode each method needs
@@ -54,10 +54,30 @@ def num_tasks(scenario: ScenarioConfig) -> int:
     return scenario.tasks
 
 
-def epochs_of(cfg: BenchmarkConfig, scenario: ScenarioConfig) -> int:
-    from pipeline.scenario import DEFAULT_EPOCHS
+def train_images(cfg: BenchmarkConfig, scenario: ScenarioConfig, tasks: list[int], joint: bool = False) -> int | None:
+    """Training images one pass of epochs over ``tasks`` reads (None: a dataset of unknown size).
 
-    return cfg.finetune.epochs or DEFAULT_EPOCHS.get(scenario.dataset, 10)
+    Tasks of one dataset are taken as equal shares of it; a multi-dataset task is its dataset.
+    """
+    from pipeline.scenario import task_epochs
+
+    if scenario.kind == "multi_dataset":
+        sizes = [DATASET_SIZES.get(scenario.datasets[t]) for t in tasks]
+        if any(s is None for s in sizes):
+            return None
+        if joint:
+            return int(sum(s[0] for s in sizes) * task_epochs(cfg, scenario, None))  # type: ignore[index]
+        return int(sum(s[0] * task_epochs(cfg, scenario, t) for s, t in zip(sizes, tasks)))  # type: ignore[index]
+    size = DATASET_SIZES.get(scenario.dataset)
+    if size is None:
+        return None
+    share = 1.0 if joint else len(tasks) / num_tasks(scenario)
+    return int(size[0] * share * task_epochs(cfg, scenario, None))
+
+
+def test_images(scenario: ScenarioConfig) -> int | None:
+    sizes = [DATASET_SIZES.get(d) for d in scenario.members]
+    return None if any(s is None for s in sizes) else sum(s[1] for s in sizes)  # type: ignore[index]
 
 
 @dataclass
@@ -73,16 +93,15 @@ class PlannedUnit:
 
     def images_left(self, cfg: BenchmarkConfig) -> int | None:
         """Training images still to process (epochs included), from published dataset sizes."""
-        sizes = DATASET_SIZES.get(self.unit.scenario.dataset)
-        if sizes is None:
-            return None
-        per_task = sizes[0] / num_tasks(self.unit.scenario)
-        epochs = epochs_of(cfg, self.unit.scenario)
+        scenario = self.unit.scenario
         if self.unit.mode == "joint":
-            return 0 if self.done else int(sizes[0] * epochs)
-        left = len(self.unit.outputs) - len(self.cached)
-        passes = 2 if self.unit.mode == "ewc" else 1  # EWC's Fisher pass after each task
-        return int(per_task * left * (epochs + passes - 1))
+            return 0 if self.done else train_images(cfg, scenario, list(self.unit.tasks), joint=True)
+        left = [t for t in self.unit.outputs if t not in self.cached]
+        images = train_images(cfg, scenario, left)
+        if images is None or self.unit.mode != "ewc":
+            return images
+        # EWC's Fisher pass after each task: one more epoch's worth of images
+        return images + (train_images(replace(cfg, finetune=replace(cfg.finetune, epochs=1)), scenario, left) or 0)
 
 
 @dataclass
@@ -110,25 +129,25 @@ class Plan:
         for u in self.pending:
             n = u.images_left(self.cfg)
             if n is None:
-                unknown.add(u.unit.scenario.dataset)
+                unknown.update(d for d in u.unit.scenario.members if d not in DATASET_SIZES)
             else:
                 train_images += n
         eval_images = 0
         for s in self.cfg.scenarios:
             if self.scenarios_done.get(s.label):
                 continue
-            sizes = DATASET_SIZES.get(s.dataset)
-            if sizes is None:
-                unknown.add(s.dataset)
+            n = test_images(s)
+            if n is None:
+                unknown.update(d for d in s.members if d not in DATASET_SIZES)
                 continue
-            eval_images += sizes[1] * evaluations_per_scenario(self.cfg, s)
+            eval_images += n * evaluations_per_scenario(self.cfg, s)
         return train_images / train_rate / 3600, eval_images / eval_rate / 3600, sorted(unknown)
 
 
 def evaluations_per_scenario(cfg: BenchmarkConfig, scenario: ScenarioConfig) -> int:
     """How many full test-set evaluations the runner makes for one scenario."""
     T = num_tasks(scenario)
-    methods = set(cfg.methods)
+    methods = set(scenario_methods(cfg, scenario))
     matrices = sum(1 for m in ("seq_ft", "lwf", "ewc", "magmax", "maxabs", "lwf_magmax", "ewc_magmax", "avg",
                                "magmax_first") if m in methods)
     finals = sum(1 for m in ("magmax", "maxabs", "ties", "randmix", "avg", "lwf_magmax", "ewc_magmax",

@@ -23,7 +23,8 @@ import ray
 import yaml
 
 from pipeline import analysis, merging, metrics, storage
-from pipeline.config import BenchmarkConfig, ConfigError, ScenarioConfig, config_hash, from_dict, to_dict
+from pipeline.config import (BenchmarkConfig, ConfigError, ScenarioConfig, config_hash, from_dict,
+                             scenario_methods, to_dict)
 from pipeline.orchestration.plan import (
     FAILURES_FILE,
     MODE_METHODS,
@@ -68,7 +69,7 @@ def prepare_data(cfg: BenchmarkConfig, log: Log = print) -> None:
     if cfg.profile == "tiny" and "://" not in cfg.data_root:
         from pipeline.data.synthetic import TINY_WRITERS, write_tiny_datasets
 
-        wanted = {s.dataset for s in cfg.scenarios if s.dataset in TINY_WRITERS}
+        wanted = {d for s in cfg.scenarios for d in s.members if d in TINY_WRITERS}
         written = write_tiny_datasets(cfg.data_root, wanted)
         if written:
             log(f"profile=tiny: generated {', '.join(written)} under {cfg.data_root}")
@@ -220,15 +221,15 @@ def run_scenario(cfg: BenchmarkConfig, scenario: ScenarioConfig, run_dir: str,
     out_dir = scenario_dir(run_dir, scenario)
     parts = {p: storage.join(out_dir, f"{p}.parquet") for p in ("final", "matrix", "sweep", "analysis")}
     failed = {mode: err for mode, err in unit_paths.items() if isinstance(err, Exception)}
-    failures = [{"scenario": scenario.label, "mode": mode, "methods": sorted(set(cfg.methods) & MODE_METHODS[mode]),
+    failures = [{"scenario": scenario.label, "mode": mode, "methods": sorted(set(scenario_methods(cfg, scenario)) & MODE_METHODS[mode]),
                  "error": _short(err)} for mode, err in failed.items()]
     paths: dict[str, list[str]] = {m: p for m, p in unit_paths.items() if not isinstance(p, Exception)}
     scn = build_scenario(cfg, scenario)
     T = scn.num_tasks
-    common = {"run": cfg.name, "scenario": scenario.label, "dataset": scenario.dataset,
+    common = {"run": cfg.name, "scenario": scenario.label,
               "backbone": scn.clip.name, "seed": cfg.seed, "config_hash": config_hash(cfg),
               "code_version": code_version()}
-    methods = set(cfg.methods) - {m for mode in failed for m in MODE_METHODS[mode]}
+    methods = set(scenario_methods(cfg, scenario)) - {m for mode in failed for m in MODE_METHODS[mode]}
 
     # 2. task vectors and merges; the running MagMax vector lives in one actor per mode
     theta0 = scn.theta0
@@ -320,8 +321,8 @@ def run_scenario(cfg: BenchmarkConfig, scenario: ScenarioConfig, run_dir: str,
             # merges get their final row from the headline trial below (one row per key)
             if method in methods and method not in ("magmax", "maxabs", "avg", "lwf_magmax", "ewc_magmax",
                                                      "magmax_first"):
-                final_rows.append({"method": method, "finetuning": ft, "lam": lam, "after_task": t,
-                                   "role": "final", "metric": "accuracy", "value": overall})
+                final_rows += _final_rows(scenario, {"method": method, "finetuning": ft, "lam": lam,
+                                                     "after_task": t}, overall, per_task)
 
     # 4. the (method, λ) grid on Tune: headline λ per method plus Figure 9's sweep
     trials = []
@@ -354,13 +355,15 @@ def run_scenario(cfg: BenchmarkConfig, scenario: ScenarioConfig, run_dir: str,
         f"in {time.time() - t0:.1f}s")
     sweep_rows = []
     for tr in swept:
-        row = {"method": tr["method"], "finetuning": finetuning_of[tr["method"]], "lam": tr["lam"],
-               "after_task": T - 1, "role": tr["role"], "metric": "accuracy", "value": tr["accuracy"]}
-        (final_rows if tr["role"] == "final" else sweep_rows).append(row)
+        key = {"method": tr["method"], "finetuning": finetuning_of[tr["method"]], "lam": tr["lam"], "after_task": T - 1}
+        if tr["role"] == "final":
+            final_rows += _final_rows(scenario, key, tr["accuracy"], tr["per_task"])
+        else:
+            sweep_rows.append({**key, "role": "sweep", "metric": "accuracy", "value": tr["accuracy"]})
 
     # 5. analyses
     analysis_rows = [{"method": "chance", "finetuning": "none", "role": "analysis", "metric": "chance",
-                      "value": 100.0 / len(scn.data.classnames)}]
+                      "value": scn.chance}]
     for mode in ("ind", "seq"):
         if mode in tvs and len(tvs[mode]) > 1:
             analysis_rows.append({"method": "sign_conflicts", "finetuning": mode, "role": "analysis",
@@ -385,7 +388,9 @@ def run_scenario(cfg: BenchmarkConfig, scenario: ScenarioConfig, run_dir: str,
 
     for part, rows in (("matrix", matrix_rows), ("sweep", sweep_rows), ("analysis", analysis_rows),
                        ("final", final_rows)):
-        rows = [{**r, "method": PUBLIC_NAMES.get(r["method"], r["method"])} for r in rows]
+        # rows name the scenario's dataset, except a multi-dataset scenario's final rows (_final_rows)
+        rows = [{"dataset": scenario.dataset or scenario.label, **r,
+                 "method": PUBLIC_NAMES.get(r["method"], r["method"])} for r in rows]
         write_unit(make_rows(common, rows), parts[part])
     failures_path = storage.join(out_dir, FAILURES_FILE)
     if failures:
@@ -393,6 +398,16 @@ def run_scenario(cfg: BenchmarkConfig, scenario: ScenarioConfig, run_dir: str,
     else:
         storage.delete(failures_path)
     return failures
+
+
+def _final_rows(scenario: ScenarioConfig, key: dict[str, Any], overall: float,
+                per_task: list[float]) -> list[dict[str, Any]]:
+    """A method's final accuracy; a multi-dataset scenario has one row per dataset (Table 5's
+    columns, ``dataset`` naming it) and leaves the mean over datasets to the report."""
+    if scenario.kind != "multi_dataset":
+        return [{**key, "role": "final", "metric": "accuracy", "value": overall}]
+    return [{**key, "dataset": name, "role": "final", "metric": "accuracy", "value": acc}
+            for name, acc in zip(scenario.datasets, per_task)]
 
 
 # config method keys whose results rows carry the paper's method name (their finetuning tells them apart)
@@ -422,7 +437,8 @@ def summarize(df) -> dict[str, Any]:
         if key in HEADLINE_FINETUNING:
             # Tables 4 and 6 add randmix/seq, magmax/first...: the headline is Table 1's variant
             rows = rows[rows.finetuning == HEADLINE_FINETUNING[key]]
-        out[key] = round(float(rows.value.iloc[0]), 2) if len(rows) else None
+        # (a multi-dataset scenario has one final row per dataset: its headline is their mean)
+        out[key] = round(float(rows.value.mean()), 2) if len(rows) else None
     forg = df[(df.role == "analysis") & (df.metric == "first_task_forgetting") & (df.method == "seq_ft")]
     out["seq_ft_first_task_forgetting"] = round(float(forg.value.iloc[0]), 2) if len(forg) else None
     for mode in ("ind", "seq"):

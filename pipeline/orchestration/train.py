@@ -20,7 +20,7 @@ import ray
 import torch
 
 from pipeline.storage import CheckpointStore
-from pipeline.config import BenchmarkConfig, ScenarioConfig
+from pipeline.config import BenchmarkConfig, ScenarioConfig, scenario_methods
 from pipeline.units import ChainUnit
 
 
@@ -131,7 +131,7 @@ def scenario_units(cfg: BenchmarkConfig, scenario: ScenarioConfig, num_tasks: in
     """The fine-tuning units a scenario needs for the configured methods."""
     from pipeline.orchestration.plan import MODE_METHODS
 
-    methods = set(cfg.methods)
+    methods = set(scenario_methods(cfg, scenario))
     tasks = tuple(range(num_tasks))
     units = []
     for mode in ("seq", "ind", "lwf", "ewc", "joint", "first"):
