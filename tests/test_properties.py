@@ -72,18 +72,29 @@ class small_blocks:
 # MagMax
 
 
+def test_the_compiled_fold_is_there():
+    # numba is a dependency: without it the fold silently takes the slower numpy path
+    assert M._fold_kernel() is not None
+
+
 @PROPS
 @given(st.lists(ANY, min_size=1, max_size=60), st.data(),
-       st.sampled_from(DTYPES + [torch.bfloat16]), st.booleans())
-def test_fold_is_torch_where_bit_for_bit(cur, data, dtype, small):
+       st.sampled_from(DTYPES + [torch.bfloat16]), st.booleans(), st.booleans())
+def test_fold_is_torch_where_bit_for_bit(cur, data, dtype, small, compiled):
     new = data.draw(st.lists(ANY, min_size=len(cur), max_size=len(cur)))
     c = torch.tensor(cur, dtype=torch.float64).to(dtype)
     n = torch.tensor(new, dtype=torch.float64).to(dtype)
     n[: len(cur) // 3] = -c[: len(cur) // 3]  # equal magnitudes of opposite sign: the new one wins
     expected = torch.where(n.abs() >= c.abs(), n, c)  # the definition, NaN semantics included
-    with small_blocks() if small else nullcontext():
-        with M._fold_pool() as pool:
-            M._fold_max(c, n, pool)
+    saved = list(M._FOLD_KERNEL)
+    kernel = M._fold_kernel() if compiled else None  # None: the numpy fallback
+    M._FOLD_KERNEL[:] = [kernel]
+    try:
+        with small_blocks() if small else nullcontext():
+            with M._fold_pool() as pool:
+                M._fold_max(c, n, pool)
+    finally:
+        M._FOLD_KERNEL[:] = saved
     assert torch.equal(bits(c), bits(expected))
 
 
