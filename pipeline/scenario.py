@@ -13,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, RandomSampler, Subset, TensorDataset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, RandomSampler, Subset, TensorDataset
 
 from pipeline.config import BenchmarkConfig, ModelConfig, ScenarioConfig
 from pipeline.data import DatasetBundle, load_dataset
@@ -34,8 +34,10 @@ DEFAULT_EPOCHS = {"cifar100": 10, "imagenet_r": 10, "domainnet": 10, "cub200": 3
 # The eight-dataset benchmark's own epochs (design.md) where they differ from the above.
 MULTI_DATASET_EPOCHS = {"cars": 35}
 DOMAIN_ORDERS = {"domainnet": DOMAINNET_DOMAINS, "imagenet_r": IMAGENET_R_DOMAINS}
-# Datasets small enough to decode once and keep as tensors (the demo world).
-IN_MEMORY_LIMIT = 50_000
+# Datasets whose decoded train and test images (at the model's input size) fit in this many bytes
+# are decoded once and kept as tensors: the demo world and profile=tiny. Real datasets at 224 px
+# stay on disk and are read by loader workers (CIFAR100's train set alone is 30 GB decoded).
+IN_MEMORY_BYTES = 2 << 30
 
 
 def register_builtin_extras() -> None:
@@ -89,6 +91,15 @@ class Scenario:
     @property
     def domain_incremental(self) -> bool:
         return self.scenario.kind == "domain_incremental"
+
+    @property
+    def in_memory(self) -> bool:
+        """Whether the images are decoded tensors (else they are read from disk on every pass)."""
+        def held(d: Dataset) -> bool:
+            if isinstance(d, ConcatDataset):
+                return all(held(p) for p in d.datasets)
+            return isinstance(d, TensorDataset)
+        return held(self.data.train) and held(self.data.test)
 
     @property
     def multi_dataset(self) -> bool:
@@ -188,7 +199,7 @@ class _OffsetTargets(Dataset):
 
 
 def _offset(dataset: Dataset, offset: int) -> Dataset:
-    if isinstance(dataset, TensorDataset):
+    if isinstance(dataset, TensorDataset):  # stays a TensorDataset: still held in memory
         images, labels = dataset.tensors
         return TensorDataset(images, labels + offset)
     return _OffsetTargets(dataset, offset)
@@ -208,9 +219,16 @@ def build_scenario(cfg: BenchmarkConfig, scenario: ScenarioConfig, device: str =
     return _build_cached(cfg, scenario, device)
 
 
+def _decoded_bytes(dataset: Dataset) -> int:
+    if len(dataset) == 0:
+        return 0
+    image, _ = dataset[0]
+    return len(dataset) * torch.as_tensor(image).numel() * 4
+
+
 def _load(cfg: BenchmarkConfig, name: str, clip: Clip) -> DatasetBundle:
     data = load_dataset(name, Path(cfg.data_root), clip.eval_transform, clip.eval_transform)
-    if len(data.train) <= IN_MEMORY_LIMIT:
+    if _decoded_bytes(data.train) + _decoded_bytes(data.test) <= IN_MEMORY_BYTES:
         data.train = _materialize(data.train)
         data.test = _materialize(data.test)
     return data
@@ -257,8 +275,6 @@ def _build_multi_dataset(cfg: BenchmarkConfig, scenario: ScenarioConfig, clip: C
     task t is class-incremental training on t's rows (labels remapped as for any task), LwF and
     EWC work unchanged, and evaluation restricts each test sample to its own dataset's rows.
     """
-    from torch.utils.data import ConcatDataset
-
     trains, tests, heads, names = [], [], [], []
     task_classes, train_idx, test_idx = [], [], []
     train_targets, test_targets = [], []

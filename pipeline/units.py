@@ -162,8 +162,8 @@ def run_chain(
         train_tasks = list(unit.tasks) if unit.mode == "joint" else [task]
         recipe = recipe_from(cfg, scn.epochs_for(None if unit.mode == "joint" else task))
         head, lmap = scn.train_head(None if unit.mode == "joint" else task)
-        loader = scn.train_loader(train_tasks, cfg.seed * 1000 + task, f.batch_size, f.loader_workers
-                                  if len(scn.data.train) > 50_000 else 0)
+        loader = scn.train_loader(train_tasks, cfg.seed * 1000 + task, f.batch_size,
+                                  0 if scn.in_memory else f.loader_workers)
         if wrap_loader is not None:
             loader = wrap_loader(loader)
         regularizer = None
@@ -251,27 +251,38 @@ class Evaluator:
         self.scn = scn
         self.device = torch.device(device)
         self.model = scn.classifier()
-        loader = scn.test_loader(scn.cfg.eval_batch_size)
-        xs, ys = zip(*loader)
-        self.images, self.labels = torch.cat(xs), torch.cat([torch.as_tensor(y) for y in ys])
+        self.loader = scn.test_loader(scn.cfg.eval_batch_size, 0 if scn.in_memory else scn.cfg.finetune.loader_workers)
+        self.images = self.labels = None
+        if scn.in_memory:  # decoded once, then every evaluation is forward passes only
+            xs, ys = zip(*self.loader)
+            self.images, self.labels = torch.cat(xs), torch.cat([torch.as_tensor(y) for y in ys])
         self.groups = scn.test_eval_groups()
+
+    def _batches(self, positions: np.ndarray | None = None):
+        """Test batches (of ``positions`` in test-loader order, else all), from memory or disk."""
+        bs = self.scn.cfg.eval_batch_size
+        if self.images is not None:
+            images, labels = self.images, self.labels
+            if positions is not None:
+                idx = torch.as_tensor(positions)
+                images, labels = images[idx], labels[idx]
+            return ((images[i:i + bs], labels[i:i + bs]) for i in range(0, len(labels), bs))
+        if positions is None:
+            return self.loader
+        return torch.utils.data.DataLoader(torch.utils.data.Subset(self.loader.dataset, positions.tolist()),
+                                           batch_size=bs, shuffle=False, num_workers=self.loader.num_workers)
 
     def __call__(self, state: dict[str, torch.Tensor]) -> tuple[float, list[float]]:
         """(accuracy over the whole test set, accuracy per task), in percent."""
         _load(self.model, state)
-        bs = self.scn.cfg.eval_batch_size
-        batches = ((self.images[i:i + bs], self.labels[i:i + bs]) for i in range(0, len(self.labels), bs))
         if self.scn.multi_dataset:
             per_task = []
             for t, group in enumerate(self.groups):
                 head, classes = self.scn.eval_head(t)
-                idx = torch.as_tensor(group)
-                images, labels = self.images[idx], self.labels[idx]
-                preds, labels = predict(self.model, ((images[i:i + bs], labels[i:i + bs])
-                                                     for i in range(0, len(labels), bs)), head, self.device)
+                preds, labels = predict(self.model, self._batches(group), head, self.device)
                 per_task.append(accuracy(classes[preds], labels))
             return float(np.mean(per_task)), per_task
-        preds, labels = predict(self.model, batches, self.scn.head, self.device)
+        preds, labels = predict(self.model, self._batches(), self.scn.head, self.device)
         per_task = [accuracy(preds[g], labels[g]) for g in self.groups]
         return accuracy(preds, labels), per_task
 

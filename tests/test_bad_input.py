@@ -130,7 +130,7 @@ def small_scenario(tmp_path_factory):
                              "finetune.lr=1e-4", "finetune.loader_workers=0", "eval_batch_size=64"])
     with pytest.MonkeyPatch.context() as mp:
         mp.setitem(DATASETS, "four_classes", image_folder_loader("four_classes"))
-        mp.setattr(S, "IN_MEMORY_LIMIT", 0)
+        mp.setattr(S, "IN_MEMORY_BYTES", 0)
         yield S.build_scenario(cfg, cfg.scenarios[0])
 
 

@@ -122,3 +122,26 @@ def test_union_label_space_and_own_head_evaluation(tiny_two):
     own = [Evaluator(alone[d])(state)[0] for d in ("mnist", "eurosat")]
     assert per_task == pytest.approx(own)
     assert overall == pytest.approx(np.mean(own))
+
+
+def test_evaluation_streamed_from_disk_equals_the_in_memory_one(tiny_two, monkeypatch):
+    # datasets over the in-memory budget (any real one at 224 px) are read from disk per pass
+    import pipeline.scenario as S
+
+    for scenario in ("{kind: multi_dataset, datasets: [mnist, eurosat]}", "{dataset: eurosat, tasks: 2}"):
+        cfg = _tiny_cfg(tiny_two, scenario)
+        held = S.build_scenario(cfg, cfg.scenarios[0])
+        assert held.in_memory
+        torch.manual_seed(1)
+        state = {k: v + 0.05 * torch.randn_like(v) for k, v in held.theta0.items()}
+        expected = Evaluator(held)(state)
+        S._build_cached.cache_clear()
+        with monkeypatch.context() as mp:
+            mp.setattr(S, "IN_MEMORY_BYTES", 0)
+            lazy = S.build_scenario(cfg, cfg.scenarios[0])
+        S._build_cached.cache_clear()
+        assert not lazy.in_memory
+        ev = Evaluator(lazy)
+        assert ev.images is None
+        got = ev(state)
+        assert got[0] == pytest.approx(expected[0]) and got[1] == pytest.approx(expected[1])
