@@ -160,14 +160,16 @@ def _compile_fold_kernel() -> Callable[[np.ndarray, np.ndarray], None] | None:
 
     One pass: each entry of cur and new is read once and cur written once, and LLVM turns the
     select into SIMD blends, so the fold runs at memory speed where five numpy passes over cached
-    blocks cannot (bench/merge.py). ``nogil`` lets the fold's thread pool split a tensor.
+    blocks cannot (bench/merge.py). ``nogil`` lets the fold's thread pool split a tensor;
+    ``cache`` keeps the compiled code on disk (beside this file, or numba's per-user cache where
+    that is read-only), so only the first process on a machine pays the ~1 s compile.
     """
     try:
         import numba
     except ImportError:  # the numpy path below gives the same bits, slower
         return None
 
-    @numba.njit(nogil=True, cache=False, error_model="numpy")
+    @numba.njit(nogil=True, cache=True, error_model="numpy")
     def fold(cur, new):  # pragma: no cover - compiled
         for i in range(cur.shape[0]):
             c = cur[i]
