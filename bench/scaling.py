@@ -6,7 +6,8 @@
 Each node is a separate raylet with ``--cpus-per-node`` CPUs (the head has none: it only
 drives); every run starts from empty storage and goes through the real entry point as its own
 driver process. On one machine the nodes share its cores: the speed-up is bounded by the cores
-there are (printed), not by the pipeline.
+there are, not by the pipeline, so each run also prints how many cores the whole machine kept
+busy meanwhile (the bound is cores / cores busy with one node).
 """
 
 from __future__ import annotations
@@ -23,15 +24,33 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run_plan(address: str, storage: Path, overrides: list[str]) -> tuple[float, dict]:
+def _cpu_jiffies() -> tuple[int, int] | None:
+    """(busy, total) jiffies of all cores since boot, from /proc/stat (None elsewhere)."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    except (OSError, ValueError, IndexError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def run_plan(address: str, storage: Path, overrides: list[str]) -> tuple[float, dict, float | None]:
+    """Wall seconds, the run's summary, and the machine's cores kept busy on average meanwhile
+    (everything on it: the Train workers, Ray's own processes, the driver): when that is already
+    all the cores there are, more simulated nodes cannot go faster."""
     argv = [sys.executable, str(ROOT / "jobs" / "run_benchmark.py"), "--no-report", f"storage={storage}",
             f"data_root={ROOT / 'data'}", f"ray.address={address}", *overrides]
+    before = _cpu_jiffies()
     start = time.perf_counter()
     proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True)
     wall = time.perf_counter() - start
+    after = _cpu_jiffies()
     if proc.returncode != 0:
         raise SystemExit(f"run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return wall, json.loads((storage / "demo" / "summary.json").read_text())
+    busy = None
+    if before and after and after[1] > before[1]:
+        busy = (after[0] - before[0]) / (after[1] - before[1]) * (os.cpu_count() or 1)
+    return wall, json.loads((storage / "demo" / "summary.json").read_text()), busy
 
 
 def main() -> None:
@@ -53,16 +72,21 @@ def main() -> None:
             try:
                 for _ in range(n):
                     cluster.add_node(num_cpus=args.cpus_per_node)
-                wall, summary = run_plan(cluster.address, Path(tmp) / f"nodes{n}", overrides)
+                wall, summary, busy = run_plan(cluster.address, Path(tmp) / f"nodes{n}", overrides)
             finally:
                 cluster.shutdown()
-            rows.append((n, wall, summary["fine_tuned_tasks"], summary.get("magmax")))
+            rows.append((n, wall, summary["fine_tuned_tasks"], summary.get("magmax"), busy))
     base = rows[0][1]
     print(f"demo plan: {tasks} tasks, {epochs} epochs, independent tasks as separate units; "
           f"{args.cpus_per_node} CPU(s) per node; machine: {os.cpu_count()} cores, no GPU")
-    print(f"{'nodes':>5} {'wall s':>8} {'speed-up':>9} {'tasks':>6} {'MagMax acc':>11}")
-    for n, wall, done, acc in rows:
-        print(f"{n:>5} {wall:>8.1f} {base / wall:>9.2f} {done:>6} {acc!s:>11}")
+    print(f"{'nodes':>5} {'wall s':>8} {'speed-up':>9} {'tasks':>6} {'MagMax acc':>11} {'cores busy':>11}")
+    for n, wall, done, acc, busy in rows:
+        cores = "?" if busy is None else f"{busy:.2f}/{os.cpu_count()}"
+        print(f"{n:>5} {wall:>8.1f} {base / wall:>9.2f} {done:>6} {acc!s:>11} {cores:>11}")
+    if rows[0][4] is not None and rows[0][4] > 0.8 * (os.cpu_count() or 1):
+        print(f"one node already kept {rows[0][4]:.2f} of the machine's {os.cpu_count()} cores busy: the "
+              f"simulated nodes share those cores, so this machine cannot show a speed-up beyond "
+              f"{(os.cpu_count() or 1) / rows[0][4]:.2f}x")
 
 
 if __name__ == "__main__":
