@@ -148,17 +148,6 @@ class Scenario:
         return DataLoader(subset, batch_size=batch_size, sampler=EpochShuffle(subset, seed),
                           num_workers=workers, drop_last=False, persistent_workers=False)
 
-    def eval_head(self, task: int) -> tuple[torch.Tensor, np.ndarray]:
-        """The head rows a test sample of ``task`` is classified over and their class ids.
-
-        Only multi-dataset scenarios restrict it (each dataset is evaluated with its own head);
-        elsewhere evaluation is task-agnostic over every class.
-        """
-        if not self.multi_dataset:
-            return self.head, np.arange(len(self.head))
-        classes = np.asarray(self.task_classes[task])
-        return self.head[torch.as_tensor(classes)], classes
-
     def test_loader(self, batch_size: int, workers: int = 0) -> DataLoader:
         idx = np.concatenate(self.test_task_idx) if not self.domain_incremental else np.arange(len(self.data.test))
         return DataLoader(Subset(self.data.test, np.unique(idx).tolist()), batch_size=batch_size,

@@ -60,14 +60,15 @@ class ChainUnit:
 
 
 def checkpoint_key(cfg: BenchmarkConfig, scenario: ScenarioConfig, mode: str) -> str:
-    from pipeline.scenario import DEFAULT_EPOCHS, task_epochs
+    from pipeline.scenario import task_epochs
 
     f = cfg.finetune
     start_from = f.start_from
     if mode == "first":
         mode, start_from = "seq", "first"
     recipe = {"lr": f.lr, "weight_decay": f.weight_decay, "batch_size": f.batch_size,
-              "epochs": f.epochs or DEFAULT_EPOCHS.get(scenario.dataset, 10),
+              "epochs": [task_epochs(cfg, scenario, t) for t in range(len(scenario.datasets))]
+              if scenario.kind == "multi_dataset" else task_epochs(cfg, scenario, None),
               "warmup_steps": f.warmup_steps, "grad_clip": f.grad_clip, "precision": f.precision}
     if mode in ("seq", "lwf", "ewc"):
         recipe["start_from"] = start_from
@@ -84,7 +85,6 @@ def checkpoint_key(cfg: BenchmarkConfig, scenario: ScenarioConfig, mode: str) ->
     if scenario.kind == "multi_dataset":
         # (only here, so that the keys of existing single-dataset checkpoints stay as they were)
         determinants["datasets"] = list(scenario.datasets)
-        recipe["epochs"] = [task_epochs(cfg, scenario, t) for t in range(len(scenario.datasets))]
     blob = json.dumps(determinants, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -241,7 +241,8 @@ def _load(model, state: dict[str, torch.Tensor]) -> None:
 
 
 class Evaluator:
-    """Evaluation of image-tower weights on a scenario's test set (data kept in memory).
+    """Evaluation of image-tower weights on a scenario's test set, held in memory when the
+    scenario's images are (else read from disk on every call).
 
     Task-agnostic over all classes, except in a multi-dataset scenario, where each dataset's
     test samples are classified with its own head and the overall figure is the datasets' mean.
@@ -278,8 +279,10 @@ class Evaluator:
         if self.scn.multi_dataset:
             per_task = []
             for t, group in enumerate(self.groups):
-                head, classes = self.scn.eval_head(t)
-                preds, labels = predict(self.model, self._batches(group), head, self.device)
+                # each dataset's images classified over its own head rows only
+                classes = np.asarray(self.scn.task_classes[t])
+                preds, labels = predict(self.model, self._batches(group), self.scn.head[torch.as_tensor(classes)],
+                                       self.device)
                 per_task.append(accuracy(classes[preds], labels))
             return float(np.mean(per_task)), per_task
         preds, labels = predict(self.model, self._batches(), self.scn.head, self.device)

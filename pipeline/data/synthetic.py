@@ -413,18 +413,12 @@ TINY_IMAGE_SIZE = 32
 # image per class. DomainNet keeps 345 classes only in name: its paper splits (/6, DIL) need
 # far fewer, and 345 zero-shot classes x 80 templates would dominate a CPU run.
 TINY_WRITERS: dict[str, Callable[[Path], Expected]] = {
+    **WRITERS,
     "cifar100": lambda root: write_cifar100(root, train_per_class=2, test_per_class=1),
     "imagenet_r": lambda root: write_imagenet_r(root, classes=200, per_class=3, image_size=TINY_IMAGE_SIZE),
     "cub200": lambda root: write_cub200(root, per_class=3, classes=200, image_size=TINY_IMAGE_SIZE),
     "cars": lambda root: write_cars(root, classes=196, image_size=TINY_IMAGE_SIZE),
     "domainnet": lambda root: write_domainnet(root, classes=12, image_size=TINY_IMAGE_SIZE),
-    "dtd": write_dtd,
-    "eurosat": write_eurosat,
-    "gtsrb": write_gtsrb,
-    "mnist": write_mnist,
-    "svhn": write_svhn,
-    "resisc45": write_resisc45,
-    "sun397": write_sun397,
 }
 _TINY_MARKER = ".tiny-{name}.done"
 

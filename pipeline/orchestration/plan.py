@@ -9,7 +9,7 @@ assumptions (``ASSUMED_THROUGHPUT``, overridable in the config), not measurement
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.storage import CheckpointStore, join
@@ -54,25 +54,28 @@ def num_tasks(scenario: ScenarioConfig) -> int:
     return scenario.tasks
 
 
-def train_images(cfg: BenchmarkConfig, scenario: ScenarioConfig, tasks: list[int], joint: bool = False) -> int | None:
-    """Training images one pass of epochs over ``tasks`` reads (None: a dataset of unknown size).
+def train_images(cfg: BenchmarkConfig, scenario: ScenarioConfig, tasks: list[int], joint: bool = False,
+                 epochs: int | None = None) -> int | None:
+    """Training images that ``tasks`` read over their epochs (or ``epochs`` passes each); None
+    for a dataset of unknown size.
 
     Tasks of one dataset are taken as equal shares of it; a multi-dataset task is its dataset.
     """
     from pipeline.scenario import task_epochs
 
+    def passes(task: int) -> int:
+        return epochs or task_epochs(cfg, scenario, None if joint else task)
+
     if scenario.kind == "multi_dataset":
         sizes = [DATASET_SIZES.get(scenario.datasets[t]) for t in tasks]
         if any(s is None for s in sizes):
             return None
-        if joint:
-            return int(sum(s[0] for s in sizes) * task_epochs(cfg, scenario, None))  # type: ignore[index]
-        return int(sum(s[0] * task_epochs(cfg, scenario, t) for s, t in zip(sizes, tasks)))  # type: ignore[index]
+        return int(sum(s[0] * passes(t) for s, t in zip(sizes, tasks)))  # type: ignore[index]
     size = DATASET_SIZES.get(scenario.dataset)
     if size is None:
         return None
     share = 1.0 if joint else len(tasks) / num_tasks(scenario)
-    return int(size[0] * share * task_epochs(cfg, scenario, None))
+    return int(size[0] * share * (epochs or task_epochs(cfg, scenario, None)))
 
 
 def test_images(scenario: ScenarioConfig) -> int | None:
@@ -101,7 +104,7 @@ class PlannedUnit:
         if images is None or self.unit.mode != "ewc":
             return images
         # EWC's Fisher pass after each task: one more epoch's worth of images
-        return images + (train_images(replace(cfg, finetune=replace(cfg.finetune, epochs=1)), scenario, left) or 0)
+        return images + (train_images(cfg, scenario, left, epochs=1) or 0)
 
 
 @dataclass
@@ -125,13 +128,13 @@ class Plan:
         """(fine-tuning, evaluation) GPU-hours left, and the datasets the estimate lacks sizes for."""
         train_rate, eval_rate = self.throughput()
         unknown: set[str] = set()
-        train_images = 0
+        train_total = 0
         for u in self.pending:
             n = u.images_left(self.cfg)
             if n is None:
                 unknown.update(d for d in u.unit.scenario.members if d not in DATASET_SIZES)
             else:
-                train_images += n
+                train_total += n
         eval_images = 0
         for s in self.cfg.scenarios:
             if self.scenarios_done.get(s.label):
@@ -141,7 +144,7 @@ class Plan:
                 unknown.update(d for d in s.members if d not in DATASET_SIZES)
                 continue
             eval_images += n * evaluations_per_scenario(self.cfg, s)
-        return train_images / train_rate / 3600, eval_images / eval_rate / 3600, sorted(unknown)
+        return train_total / train_rate / 3600, eval_images / eval_rate / 3600, sorted(unknown)
 
 
 def evaluations_per_scenario(cfg: BenchmarkConfig, scenario: ScenarioConfig) -> int:
