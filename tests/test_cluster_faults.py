@@ -1,7 +1,10 @@
 """The cluster, simulated on one machine: several Ray nodes, units spread over them, faults injected.
 
 A head with no CPUs (it only drives) and two one-CPU worker nodes from ``ray.cluster_utils``;
-the benchmark runs as its own driver process (``jobs/run_benchmark.py``), as on a cluster.
+the benchmark runs as its own driver process (``jobs/run_benchmark.py``), as on a cluster. The head
+runs the dashboard, as a real head does: Ray Train's placement-group cleaner asks its State API
+whether a controller is alive, and without it a controller lost with its node leaves its placement
+group reserved forever (the retried unit then waits for CPUs that never come back).
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -23,14 +27,32 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.fixture(scope="module")
 def cluster():
     from ray.cluster_utils import Cluster
 
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+    dashboard = _free_port()
+    c = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 0, "include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": dashboard})
+    c.dashboard_url = f"http://127.0.0.1:{dashboard}"
     workers = [c.add_node(num_cpus=1) for _ in range(2)]
     yield c, workers
     c.shutdown()
+
+
+def _controller_nodes(dashboard_url: str) -> set[str]:
+    """Nodes that host a live Ray Train controller (it lives beside the task that drives its unit)."""
+    from ray.util.state import list_actors
+
+    alive = list_actors(address=dashboard_url, filters=[("class_name", "=", "TrainController"),
+                                                        ("state", "=", "ALIVE")], timeout=10)
+    return {a.node_id for a in alive}
 
 
 def _argv(storage: Path, data_root: Path, address: str, name: str = "faults") -> list[str]:
@@ -51,6 +73,10 @@ def _start(argv: list[str], log: Path) -> subprocess.Popen:
 def _wait(proc: subprocess.Popen, log: Path, timeout: float = 600) -> None:
     try:
         proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        pytest.fail(f"the driver did not finish in {timeout:.0f} s; its log ends:\n{log.read_text()[-6000:]}")
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -100,13 +126,18 @@ def test_losing_a_node_mid_fine_tuning_changes_nothing(cluster, fault_free, demo
     storage = tmp_path / "storage"
     log = tmp_path / "driver.log"
     proc = _start(_argv(storage, demo_data_root, c.address), log)
-    # a node dies once the first epoch of fine-tuning has been stored, in the middle of a task
+    # once the first epoch of fine-tuning has been stored, in the middle of a task, the node that
+    # drives a unit (its Train controller, and workers) dies: the hardest node to lose
     _until(lambda: any((storage / "checkpoints").rglob("*.safetensors")) if (storage / "checkpoints").is_dir()
            else False, proc, log)
-    victim = workers.pop(0)
+    hosts = _controller_nodes(c.dashboard_url)
+    victim = next((w for w in workers if w.node_id in hosts), None)
+    assert victim is not None, f"no worker node hosts a Train controller: {hosts}"
+    workers.remove(victim)
     c.remove_node(victim, allow_graceful=False)
     workers.append(c.add_node(num_cpus=1))  # the autoscaler's replacement
     _wait(proc, log)
+    assert "State API" not in log.read_text()  # the driver found the dashboard Train's cleaner needs
 
     pd.testing.assert_frame_equal(_results(storage), _results(fault_free), check_exact=False, rtol=1e-6)
     ours, theirs = _checkpoints(storage), _checkpoints(fault_free)

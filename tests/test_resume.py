@@ -209,3 +209,10 @@ def test_an_interrupted_sweep_is_restored_without_redoing_finished_trials(scn, r
     after = finished_at()
     for trial, stamp in finished.items():  # the finished trials were restored, not run again
         assert after[trial] == stamp, trial
+
+
+def test_a_cluster_without_its_state_api_is_noticed(ray_session):
+    # the suite's session runs without a dashboard: Train could not clean up after a lost controller
+    from pipeline.orchestration.runner import state_api_available
+
+    assert state_api_available() is False

@@ -56,6 +56,22 @@ def init_ray(cfg: BenchmarkConfig, log: Log = print) -> None:
     log(f"ray: {'joined ' + address if address else 'local cluster'} "
         f"{ray.cluster_resources().get('CPU', 0):.0f} CPUs, {ray.cluster_resources().get('GPU', 0):.0f} GPUs, "
         f"{len(ray.nodes())} node(s) ({time.time() - start:.1f}s)")
+    if address and not state_api_available():
+        log("warning: this cluster's dashboard (Ray's State API) does not answer. Ray Train needs it to "
+            "release a lost Train controller's placement group: if a node that drives a unit dies, the "
+            "retried unit can wait forever for the CPUs/GPUs that group still holds. Start the head with "
+            "the dashboard on (the default; cluster.yaml keeps it on the head's loopback).")
+
+
+def state_api_available() -> bool:
+    """Whether the connected cluster's State API (served by the dashboard) answers."""
+    from ray.util.state import list_nodes
+
+    try:
+        list_nodes(limit=1, timeout=10)
+    except Exception:  # noqa: BLE001 - any failure means Train's cleaner cannot use it either
+        return False
+    return True
 
 
 def prepare_data(cfg: BenchmarkConfig, log: Log = print) -> None:
