@@ -34,14 +34,20 @@ from _common import ROOT, machine, table  # noqa: E402
 
 import torch  # noqa: E402
 
+from pipeline.config import RayConfig  # noqa: E402
 
-def make_config(data_root: Path, storage: Path, epochs: int, batch: int, quick: bool):
+
+RAY_DEFAULT_POLL_S = 2.0  # RAY_TRAIN_HEALTH_CHECK_INTERVAL_S when nothing sets it
+
+
+def make_config(data_root: Path, storage: Path, epochs: int, batch: int, quick: bool, poll: float):
     from pipeline.config import load_config
 
     return load_config(ROOT / "configs" / "demo.yaml", [
         f"data_root={data_root}", f"storage={storage}", "demo_data=false", f"finetune.epochs={epochs}",
         f"finetune.batch_size={batch}", "finetune.loader_workers=0", "ray.use_gpu='false'",
         "ray.cpus_per_worker=1", f"ray.num_workers={0 if quick else 1}", "ray.max_failures=0",
+        f"ray.train_poll_s={poll}",
     ])
 
 
@@ -83,16 +89,19 @@ def _report_loop(config: dict) -> list[float]:
     return times
 
 
-def report_cost(storage: Path, reports: int, quick: bool) -> list[float]:
+def report_cost(storage: Path, reports: int, quick: bool, poll: float) -> list[float]:
     """Seconds of each per-epoch ``ray.train.report`` (with its checkpoint manifest), measured in
-    the worker: the work the Ray path adds to an epoch, apart from the training itself."""
+    the worker: the work the Ray path adds to an epoch, apart from the training itself. Reports
+    back to back, so each one waits for the controller's next poll (every ``poll`` seconds)."""
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
+
+    os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = str(poll)  # read when the controller starts
 
     trainer = TorchTrainer(_report_loop, train_loop_config={"reports": reports},
                            scaling_config=ScalingConfig(num_workers=0 if quick else 1,
                                                         resources_per_worker={"CPU": 1}),
-                           run_config=RunConfig(name="report-cost", storage_path=str(storage)))
+                           run_config=RunConfig(name=f"report-cost-{poll}", storage_path=str(storage)))
     result = trainer.fit()
     return list(getattr(result, "return_value", None) or [])
 
@@ -109,7 +118,8 @@ def cpu_comparison(args: argparse.Namespace) -> None:
         print(f"demo data: {args.per_class} train images per class x 100 classes "
               f"({time.perf_counter() - start:.0f} s to write)")
         e1, e2 = args.epochs
-        cfgs = {e: make_config(data_root, work / "storage", e, args.batch, args.quick) for e in (e1, e2)}
+        cfgs = {e: make_config(data_root, work / "storage", e, args.batch, args.quick, args.report_interval)
+                for e in (e1, e2)}
         start = time.perf_counter()
         scn = build_scenario(cfgs[e1], cfgs[e1].scenarios[0])
         build_scenario(cfgs[e2], cfgs[e2].scenarios[0])
@@ -120,10 +130,6 @@ def cpu_comparison(args: argparse.Namespace) -> None:
 
         import ray
 
-        if args.report_interval is not None:
-            # every ray.train.report blocks until the Train controller's next poll of its workers
-            # (RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, 2 s by default): the pipeline reports every epoch
-            os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = str(args.report_interval)
         if args.ray_niceness is not None:
             # Ray starts its workers at nice 15; on a machine shared with other work that alone
             # slows the Ray path, so by default both paths run at the same priority
@@ -161,7 +167,7 @@ def cpu_comparison(args: argparse.Namespace) -> None:
         print()
         mode = "Train in-process mode (num_workers=0)" if args.quick else "TorchTrainer, 1 worker x 1 CPU"
         nice = os.environ.get("RAY_worker_niceness", "Ray's default 15")
-        poll = os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "2 (Ray's default)")
+        poll = args.report_interval
         print(f"## Training step throughput: Ray Train ({mode}, worker niceness {nice}, controller poll "
               f"interval {poll} s) vs bare run_chain, best of {args.reps} repetitions")
         print(table(["path", f"s, {e1} epochs", f"s, {e2} epochs", "s / epoch (marginal)", "images / s",
@@ -172,12 +178,20 @@ def cpu_comparison(args: argparse.Namespace) -> None:
                    else f"target <= 10%: {'met' if overhead <= 10 else 'NOT met'}")
         print(f"steady-state overhead of the Ray path: {overhead:+.1f}% per epoch ({verdict})")
         print(f"fixed cost per Train run: {rows[1][5] - rows[0][5]:+.1f} s more than the bare loop")
-        costs = sorted(report_cost(work / "ray_report", args.reports, args.quick))
-        if costs:
-            median = costs[len(costs) // 2]
-            print(f"per-epoch work of the Ray path, measured alone: ray.train.report with its checkpoint "
-                  f"manifest, median {1e3 * median:.0f} ms over {len(costs)} reports (max {1e3 * costs[-1]:.0f} ms) "
-                  f"= {100 * median / per_epoch['bare']:.2f}% of a bare epoch")
+        # side by side: the per-epoch report at the pipeline's poll interval and at Ray's default
+        medians = {}
+        for interval in dict.fromkeys([args.report_interval, RAY_DEFAULT_POLL_S]):
+            costs = sorted(report_cost(work / "ray_report", args.reports, args.quick, interval))
+            if not costs:
+                continue
+            medians[interval] = costs[len(costs) // 2]
+            print(f"per-epoch work of the Ray path, measured alone (controller poll {interval} s): "
+                  f"ray.train.report with its checkpoint manifest, median {1e3 * medians[interval]:.0f} ms over "
+                  f"{len(costs)} back-to-back reports (max {1e3 * costs[-1]:.0f} ms) "
+                  f"= {100 * medians[interval] / per_epoch['bare']:.2f}% of a bare epoch")
+        if len(medians) == 2 and medians[args.report_interval] > 0:
+            print(f"report wait, Ray's default poll / the pipeline's: "
+                  f"{medians[RAY_DEFAULT_POLL_S] / medians[args.report_interval]:.1f}x")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -241,9 +255,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ray-niceness", type=int, default=0,
                     help="nice level of Ray's worker processes (default 0, the bare loop's; Ray's own is 15)")
     ap.add_argument("--reports", type=int, default=20, help="reports timed alone (the per-epoch Ray work)")
-    ap.add_argument("--report-interval", type=float,
-                    help="RAY_TRAIN_HEALTH_CHECK_INTERVAL_S for the Ray cluster started here (each per-epoch "
-                         "report waits for this poll; Ray's default 2 s)")
+    ap.add_argument("--report-interval", type=float, default=RayConfig().train_poll_s,
+                    help="ray.train_poll_s: how often the Train controller polls its workers (each per-epoch "
+                         "report waits for a poll; default the pipeline's, Ray's own is 2 s)")
     ap.add_argument("--gpu", action="store_true", help="ViT-B/16 images/s on a CUDA device instead")
     ap.add_argument("--steps", type=int, default=50, help="--gpu: steps per epoch")
     ap.add_argument("--gpu-epochs", type=int, default=2)

@@ -109,6 +109,7 @@ class RayConfig:
     train_images_per_gpu_s: float = 0.0   # for --plan's estimate; 0 = the backbone's assumed figure
     eval_images_per_gpu_s: float = 0.0
     tune_sweep: bool = True         # the (method, λ) grid on Ray Tune; false: plain evaluation tasks (profile=tiny)
+    train_poll_s: float = 0.25      # how often a Train controller polls its workers; each ray.train.report waits for a poll
 
 
 @dataclass(frozen=True)
@@ -358,6 +359,8 @@ def validate(cfg: BenchmarkConfig) -> BenchmarkConfig:
         raise ConfigError(f"ray.eval_gpus: {cfg.ray.eval_gpus} is neither -1 (auto) nor in [0, 1]")
     if cfg.ray.max_failures < 0:
         raise ConfigError(f"ray.max_failures: must be >= 0, got {cfg.ray.max_failures}")
+    if cfg.ray.train_poll_s <= 0:
+        raise ConfigError(f"ray.train_poll_s: must be > 0, got {cfg.ray.train_poll_s}")
     return cfg
 
 

@@ -162,7 +162,7 @@ def _capacity(cfg: BenchmarkConfig) -> int:
 
 def fit_units(cfg: BenchmarkConfig, plan: Plan, log: Log = print) -> dict[int, list[str] | Exception]:
     """Fine-tune every pending unit of the plan, concurrently; one unit's failure stops only it."""
-    from pipeline.orchestration.train import fit_unit_task
+    from pipeline.orchestration.train import driving_options, fit_unit_task
 
     outcomes: dict[int, list[str] | Exception] = {}
     for i, u in enumerate(plan.units):
@@ -179,9 +179,8 @@ def fit_units(cfg: BenchmarkConfig, plan: Plan, log: Log = print) -> dict[int, l
         while queue and len(pending) < slots:
             i = queue.pop(0)
             u = plan.units[i]
-            # a lost node takes the driving task with it: Ray reruns it, the unit resumes from its folder
-            ref = fit_unit_task.options(max_retries=cfg.ray.max_failures, retry_exceptions=False) \
-                .remote(cfg, u.unit, u.folder, train_root)
+            ref = fit_unit_task.options(**driving_options(cfg.ray.max_failures)).remote(
+                cfg, u.unit, u.folder, train_root)
             pending[ref] = i
         ready, _ = ray.wait(list(pending), num_returns=1)
         for ref in ready:

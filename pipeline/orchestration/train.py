@@ -93,6 +93,10 @@ def fit_unit(cfg: BenchmarkConfig, unit: ChainUnit, unit_dir: str, storage_path:
     store = CheckpointStore(unit_dir)
     if unit_finished(unit, unit_dir):
         return [store.task_file(t) for t in unit.outputs]
+    # Ray's default poll (2 s) holds every per-epoch report until the next poll and adds seconds to
+    # each worker group's start and end: with short epochs that is a large share of the run. The
+    # variable is read from this process and handed to the controller and its workers.
+    os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = str(cfg.ray.train_poll_s)
     gpu = use_gpu(cfg)
     resources = {"CPU": cfg.ray.cpus_per_worker}
     if gpu:
@@ -116,15 +120,33 @@ def fit_unit(cfg: BenchmarkConfig, unit: ChainUnit, unit_dir: str, storage_path:
     return [store.task_file(t) for t in unit.outputs]
 
 
-@ray.remote(num_cpus=0.01)
+@ray.remote(num_cpus=0)
 def fit_unit_task(cfg: BenchmarkConfig, unit: ChainUnit, unit_dir: str, storage_path: str) -> list[str]:
     """A Ray task that drives one TorchTrainer, so independent units fit concurrently.
 
-    Submitted with ``max_retries``: if its node dies, Ray reruns it elsewhere and the unit
-    resumes from its folder; application errors are not retried.
+    It only waits, so it holds no CPU: even 0.01 CPU on a node whose CPUs the Train workers fill
+    exactly keeps the next worker off that node (on 2 CPUs, two 1-CPU units then ran one after the
+    other). ``driving_options`` places it, and with it the unit's Train controller, on the driver's
+    node. Submitted with ``max_retries``: if its node dies anyway, Ray reruns it elsewhere and the
+    unit resumes from its folder; application errors are not retried.
     """
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     return fit_unit(cfg, unit, unit_dir, storage_path)
+
+
+def driving_options(max_failures: int) -> dict[str, Any]:
+    """Ray options of the task that drives a unit: on the driver's node (soft), retried on node loss.
+
+    Train's controller lives beside the task that calls ``fit``. On the driver's node (the head,
+    under ``ray job submit``) a lost GPU node takes only Train workers, which ``FailureConfig``
+    replaces; the head going down ends the job anyway. The cost is memory there: each unit in
+    flight keeps its driving task and controller on that node.
+    """
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = ray.get_runtime_context().get_node_id()
+    return {"max_retries": max_failures, "retry_exceptions": False,
+            "scheduling_strategy": NodeAffinitySchedulingStrategy(node_id=here, soft=True)}
 
 
 def scenario_units(cfg: BenchmarkConfig, scenario: ScenarioConfig, num_tasks: int) -> list[ChainUnit]:
