@@ -37,7 +37,7 @@ import torch  # noqa: E402
 from pipeline.config import RayConfig  # noqa: E402
 
 
-RAY_DEFAULT_POLL_S = 2.0  # RAY_TRAIN_HEALTH_CHECK_INTERVAL_S when nothing sets it
+RAY_DEFAULT_POLL_S = 2.0  # Train's poll when nothing sets TRAIN_POLL_ENV
 
 
 def make_config(data_root: Path, storage: Path, epochs: int, batch: int, quick: bool, poll: float):
@@ -96,7 +96,9 @@ def report_cost(storage: Path, reports: int, quick: bool, poll: float) -> list[f
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = str(poll)  # read when the controller starts
+    from pipeline.orchestration.train import TRAIN_POLL_ENV
+
+    os.environ[TRAIN_POLL_ENV] = str(poll)  # read when the controller starts
 
     trainer = TorchTrainer(_report_loop, train_loop_config={"reports": reports},
                            scaling_config=ScalingConfig(num_workers=0 if quick else 1,

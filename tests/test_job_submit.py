@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -16,16 +15,11 @@ from pathlib import Path
 import pytest
 
 from pipeline.results import KEY_COLUMNS, read_run
+from ports import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray_cli]
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _ray(*args: str, env: dict, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -46,8 +40,8 @@ def test_ray_start_job_submit_the_demo_ray_stop(tmp_path):
     # the job's `python` must be this environment's (as on a cluster node set up by cluster.yaml)
     env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", RAY_USAGE_STATS_ENABLED="0",
                RAY_AUTH_MODE="token")  # the job API is token-protected (Ray >= 2.59); the client must say so
-    dash = _free_port()
-    started = _ray("start", "--head", f"--port={_free_port()}", "--num-cpus=2", "--include-dashboard=true",
+    dash = free_port()
+    started = _ray("start", "--head", f"--port={free_port()}", "--num-cpus=2", "--include-dashboard=true",
                    "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--disable-usage-stats", env=env)
     assert started.returncode == 0, started.stdout + started.stderr
     try:

@@ -174,13 +174,13 @@ def fit_units(cfg: BenchmarkConfig, plan: Plan, log: Log = print) -> dict[int, l
     t0 = time.time()
     slots = _capacity(cfg)
     train_root = storage.join(cfg.storage, "ray_train")
+    driving = fit_unit_task.options(**driving_options(cfg.ray.max_failures))
     pending: dict[ray.ObjectRef, int] = {}
     while queue or pending:
         while queue and len(pending) < slots:
             i = queue.pop(0)
             u = plan.units[i]
-            ref = fit_unit_task.options(**driving_options(cfg.ray.max_failures)).remote(
-                cfg, u.unit, u.folder, train_root)
+            ref = driving.remote(cfg, u.unit, u.folder, train_root)
             pending[ref] = i
         ready, _ = ray.wait(list(pending), num_returns=1)
         for ref in ready:

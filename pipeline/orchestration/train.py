@@ -24,6 +24,10 @@ from pipeline.config import BenchmarkConfig, ScenarioConfig, scenario_methods
 from pipeline.units import ChainUnit
 
 
+# how often a Train controller polls its workers; read from the process that calls ``fit``
+TRAIN_POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
+
+
 class UnitFailedError(RuntimeError):
     """A unit stopped for a reason a retry cannot fix (e.g. a non-finite loss)."""
 
@@ -95,7 +99,7 @@ def fit_unit(cfg: BenchmarkConfig, unit: ChainUnit, unit_dir: str, storage_path:
         return [store.task_file(t) for t in unit.outputs]
     # each per-epoch report waits for the controller's next poll (Ray's default 2 s: 2.0 s per report
     # measured, 0.26 s at 0.25 s; bench/finetune.py). Read from this process, handed to the controller.
-    os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = str(cfg.ray.train_poll_s)
+    os.environ[TRAIN_POLL_ENV] = str(cfg.ray.train_poll_s)
     gpu = use_gpu(cfg)
     resources = {"CPU": cfg.ray.cpus_per_worker}
     if gpu:
