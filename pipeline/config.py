@@ -72,12 +72,15 @@ class FinetuneConfig:
     warmup_steps: int = 500
     grad_clip: float = 1.0
     loader_workers: int = 2
-    precision: str = "auto"          # auto: bf16 autocast on GPU, fp32 on CPU
+    precision: str = "fp32"          # fp32 (the official code) | bf16 | fp16 autocast; auto: bf16 on GPU, fp32 on CPU
+    micro_batch_size: int = 0        # gradient accumulation: 0 = the whole batch on CPU, chosen from free memory on GPU
+    train_transform: str = "train"   # train: the backbone's train preprocessing (official); eval: the eval transform
     start_from: str = "previous"     # previous (theta_t-1), zero (theta_0), first (theta_1): Table 6
     lwf_lambda: float = 0.3
     lwf_temperature: float = 2.0
     ewc_lambda: float = 1e6
     ewc_fisher_batches: int = 0      # 0: the whole task's training set
+    ewc_fisher: str = "empirical"    # empirical (textbook) | reference (the official code's computation)
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,8 @@ class MergeConfig:
     maxabs_lambda: float = 0.5
     ties_lambda: float = 0.55
     ties_top_k: float = 0.2
+    ties_scope: str = "image_tower"  # image_tower | whole_model (the official code: text tower's zeros count in the threshold)
+    ties_entries: str = "auto"       # exact: int(d*k) kept | official: int(d*k)+1 | auto: official under whole_model
     randmix_lambda: float = 1.0
     sweep_lambdas: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(1, 21))
     sweep_methods: tuple[str, ...] = ("magmax", "maxabs", "ties", "randmix", "task_arithmetic")
@@ -344,7 +349,17 @@ def validate(cfg: BenchmarkConfig) -> BenchmarkConfig:
     if f.batch_size < 1:
         raise ConfigError(f"finetune.batch_size: must be >= 1, got {f.batch_size}")
     if f.precision not in ("auto", "fp32", "bf16", "fp16"):
-        raise ConfigError(f"finetune.precision: {f.precision!r} is not auto, fp32, bf16 or fp16")
+        raise ConfigError(f"finetune.precision: {f.precision!r} is not fp32, bf16, fp16 or auto")
+    if f.micro_batch_size < 0:
+        raise ConfigError(f"finetune.micro_batch_size: must be >= 0 (0 = automatic), got {f.micro_batch_size}")
+    if f.train_transform not in ("train", "eval"):
+        raise ConfigError(f"finetune.train_transform: {f.train_transform!r} is not train or eval")
+    if f.ewc_fisher not in ("empirical", "reference"):
+        raise ConfigError(f"finetune.ewc_fisher: {f.ewc_fisher!r} is not empirical or reference")
+    if m.ties_scope not in ("image_tower", "whole_model"):
+        raise ConfigError(f"merge.ties_scope: {m.ties_scope!r} is not image_tower or whole_model")
+    if m.ties_entries not in ("auto", "exact", "official"):
+        raise ConfigError(f"merge.ties_entries: {m.ties_entries!r} is not auto, exact or official")
     if f.start_from not in ("previous", "zero", "first"):
         raise ConfigError(f"finetune.start_from: {f.start_from!r} is not previous, zero or first")
     if cfg.profile not in PROFILES:
