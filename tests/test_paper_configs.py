@@ -64,11 +64,31 @@ def test_table1_config_has_the_papers_columns():
     assert ours == layout
 
 
-def _units(cfg) -> set[tuple[str, tuple[int, ...]]]:
+def _units(cfg) -> set[tuple[str, tuple[str, tuple[int, ...]]]]:
     from pipeline.orchestration.plan import build_plan
     from pipeline.orchestration.runner import resolve_paths
 
-    return {(Path(u.folder).name, u.unit.tasks) for u in build_plan(resolve_paths(cfg)).units}
+    return {(Path(u.folder).name, u.unit.identity) for u in build_plan(resolve_paths(cfg)).units}
+
+
+def test_joint_is_fine_tuned_once_per_dataset_and_backbone(tmp_path):
+    """Joint's weights do not depend on the task count: Table 1's nine class-incremental
+    scenarios over four datasets need four Joint units, one per dataset."""
+    from pipeline.orchestration.plan import build_plan
+    from pipeline.orchestration.runner import resolve_paths
+
+    cfg = load_config(PAPER / "table1.yaml", [f"storage={tmp_path}"])
+    joint = [u for u in build_plan(resolve_paths(cfg)).units if u.unit.mode == "joint"]
+    datasets = {s.dataset for s in cfg.scenarios if s.kind == "class_incremental"}
+    scenarios = [s for s in cfg.scenarios if s.kind == "class_incremental"]
+    assert len(scenarios) > len(datasets)
+    assert sorted(u.unit.scenario.dataset for u in joint) == sorted(datasets)
+    for u in joint:
+        assert u.unit.outputs == [0]
+        assert len(u.scenarios) == sum(s.dataset == u.unit.scenario.dataset for s in scenarios)
+    # the sequential chains still differ per task count
+    seq = [u for u in build_plan(resolve_paths(cfg)).units if u.unit.mode == "seq"]
+    assert len({Path(u.folder).name for u in seq}) == len(scenarios)
 
 
 def test_all_yaml_shares_every_fine_tuning_of_the_single_configs(tmp_path, capsys):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -177,8 +179,20 @@ def test_plan_shares_units_and_sees_the_cache(scn, tmp_path):
     assert train_h > 0 and eval_h > 0 and unknown == []
 
 
+class _Planted:
+    """A pickle that, when loaded, creates a file: proof that storage content ran as code."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
 @pytest.mark.slow
-def test_an_interrupted_sweep_is_restored_without_redoing_finished_trials(scn, ray_session, tmp_path):
+def test_an_interrupted_sweep_resumes_from_its_records_and_runs_no_pickle(scn, ray_session, tmp_path):
+    import pickle
+
     from pipeline.orchestration.sweep import run_sweep
 
     tau = {k: torch.zeros_like(v) for k, v in scn.theta0.items()}
@@ -188,27 +202,43 @@ def test_an_interrupted_sweep_is_restored_without_redoing_finished_trials(scn, r
     with pytest.raises(RuntimeError, match="sweep trial .* failed"):
         run_sweep(scn.cfg, scn.scenario, {"magmax": tau}, trials, str(tmp_path), "sweep-test")
     exp = tmp_path / "sweep-test"
+    records = sorted((exp / "trials").glob("*.json"))
+    assert len(records) == 2  # the two finished trials
+    stamps = {p.name: p.stat().st_mtime_ns for p in records}
 
-    def finished_at() -> dict:
-        # when each finished trial produced its result (Tune may rewrite the file on restore)
-        import json
-
-        out = {}
-        for p in exp.rglob("result.json"):
-            lines = [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
-            if lines:
-                out[p.parent.name] = lines[-1]["timestamp"]
-        return out
-
-    finished = finished_at()
-    assert len(finished) == 2
+    # whoever can write the storage plants pickles wherever Tune keeps state
+    marker = tmp_path / "planted-pickle-ran"
+    payload = pickle.dumps(_Planted(str(marker)))
+    tune_dirs = [d for d in exp.iterdir() if d.is_dir() and d.name != "trials"]
+    assert tune_dirs
+    for d in [exp, *tune_dirs]:
+        for name in ("tuner.pkl", "trainable.pkl", "experiment_state.pkl"):
+            (d / name).write_bytes(payload)
+        for found in d.rglob("*.pkl"):
+            found.write_bytes(payload)
 
     out = run_sweep(scn.cfg, scn.scenario, {"magmax": tau, "ties": tau}, trials, str(tmp_path), "sweep-test")
+    assert not marker.exists(), "a pickle from storage was loaded"
     assert sorted((t["method"], t["lam"]) for t in out) == [("magmax", 0.25), ("magmax", 0.5), ("ties", 0.5)]
     assert len({t["accuracy"] for t in out}) == 1  # a zero task vector is θ0 whatever λ
-    after = finished_at()
-    for trial, stamp in finished.items():  # the finished trials were restored, not run again
-        assert after[trial] == stamp, trial
+    after = {p.name: p.stat().st_mtime_ns for p in (exp / "trials").glob("*.json")}
+    assert len(after) == 3
+    for name, stamp in stamps.items():  # the finished trials were read, not run again
+        assert after[name] == stamp, name
+
+
+def test_a_damaged_sweep_record_is_evaluated_again_not_trusted(tmp_path):
+    from pipeline.orchestration.sweep import _record_path, read_record
+
+    trial = {"method": "magmax", "lam": 0.5, "role": "sweep"}
+    assert read_record(str(tmp_path), trial) is None
+    path = Path(_record_path(str(tmp_path), trial))
+    path.write_text('{"method": "magmax", "lam": 0.5, "role": "sweep", "accuracy": 12.5, "per_task": [10, 15]}')
+    assert read_record(str(tmp_path), trial) == {**trial, "accuracy": 12.5, "per_task": [10.0, 15.0]}
+    path.write_text('{"method": "magmax", "lam": 0.5, "role": "sw')  # truncated
+    assert read_record(str(tmp_path), trial) is None
+    path.write_text('{"method": "ties", "lam": 0.5, "role": "sweep", "accuracy": 1, "per_task": []}')
+    assert read_record(str(tmp_path), trial) is None  # a record of another trial
 
 
 def test_a_cluster_without_its_state_api_is_noticed(ray_session):

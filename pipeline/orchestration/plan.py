@@ -192,18 +192,18 @@ def build_plan(cfg: BenchmarkConfig) -> Plan:
 
     ckpt_root = join(cfg.storage, "checkpoints")
     run_dir = join(cfg.storage, cfg.name)
-    by_id: dict[tuple[str, tuple[int, ...]], PlannedUnit] = {}
+    by_id: dict[tuple[str, tuple[str, tuple[int, ...]]], PlannedUnit] = {}
     requested = 0
     for scenario in cfg.scenarios:
         for unit in scenario_units(cfg, scenario, num_tasks(scenario)):
             requested += 1
             key = unit.key(cfg)
-            planned = by_id.get((key, unit.tasks))
+            planned = by_id.get((key, unit.identity))
             if planned is None:
                 folder = join(ckpt_root, key)
                 store = CheckpointStore(folder)
                 planned = PlannedUnit(unit, folder, [t for t in unit.outputs if store.has(t)])
-                by_id[(key, unit.tasks)] = planned
+                by_id[(key, unit.identity)] = planned
             planned.scenarios.append(scenario.label)
     done = {s.label: scenario_done(run_dir, s) for s in cfg.scenarios}
     return Plan(cfg, list(by_id.values()), requested, done)
@@ -242,12 +242,12 @@ def suite_summary(plans: list[Plan]) -> str:
     A unit several configs need (same content address and tasks) is fine-tuned once: it is
     counted once here, and its GPU-hours once.
     """
-    seen: dict[tuple[str, tuple[int, ...]], tuple[Plan, PlannedUnit]] = {}
+    seen: dict[tuple[str, tuple[str, tuple[int, ...]]], tuple[Plan, PlannedUnit]] = {}
     requested = 0
     for plan in plans:
         requested += plan.requested
         for u in plan.units:
-            seen.setdefault((u.folder, u.unit.tasks), (plan, u))
+            seen.setdefault((u.folder, u.unit.identity), (plan, u))
     train_h = 0.0
     for plan, u in seen.values():
         n = u.images_left(plan.cfg)
