@@ -50,13 +50,26 @@ class ChainUnit:
 
     @property
     def label(self) -> str:
+        if self.mode == "joint" and joint_spans_dataset(self.scenario):
+            return f"{self.scenario.dataset}-joint"
         suffix = "" if self.mode != "ind" or len(self.tasks) != 1 else f"-t{self.tasks[0]}"
         return f"{self.scenario.label.replace('/', '_')}-{self.mode}{suffix}"
 
     @property
     def outputs(self) -> list[int]:
-        """The tasks that leave a checkpoint (joint: one, named after the last task)."""
-        return [self.tasks[-1]] if self.mode == "joint" else list(self.tasks)
+        """The tasks that leave a checkpoint (joint: one, numbered 0 whatever the task count)."""
+        return [0] if self.mode == "joint" else list(self.tasks)
+
+    @property
+    def identity(self) -> tuple[str, tuple[int, ...]]:
+        """What makes two units the same work, given equal keys: mode and output files."""
+        return self.mode, tuple(self.outputs)
+
+
+def joint_spans_dataset(scenario: ScenarioConfig) -> bool:
+    """Whether Joint trains on the whole dataset whatever the scenario's task count: a
+    class-incremental split covers every class, so its union is the full train set."""
+    return scenario.kind == "class_incremental"
 
 
 def checkpoint_key(cfg: BenchmarkConfig, scenario: ScenarioConfig, mode: str) -> str:
@@ -82,6 +95,10 @@ def checkpoint_key(cfg: BenchmarkConfig, scenario: ScenarioConfig, mode: str) ->
         "dataset": scenario.dataset, "kind": scenario.kind, "tasks": scenario.tasks,
         "class_order_seed": scenario.class_order_seed, "mode": mode, "recipe": recipe, "seed": cfg.seed,
     }
+    if mode == "joint" and joint_spans_dataset(scenario):
+        # Joint trains once on the whole (sorted) train set: the split and the class order do not
+        # reach its weights, so every task count of a dataset shares one Joint checkpoint
+        del determinants["tasks"], determinants["class_order_seed"]
     if scenario.kind == "multi_dataset":
         # (only here, so that the keys of existing single-dataset checkpoints stay as they were)
         determinants["datasets"] = list(scenario.datasets)

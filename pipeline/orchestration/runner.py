@@ -206,10 +206,10 @@ def _scenario_paths(cfg: BenchmarkConfig, plan: Plan, scenario: ScenarioConfig,
     from pipeline.orchestration.plan import num_tasks
     from pipeline.orchestration.train import scenario_units
 
-    index = {(u.unit.key(cfg), u.unit.tasks): i for i, u in enumerate(plan.units)}
+    index = {(u.unit.key(cfg), u.unit.identity): i for i, u in enumerate(plan.units)}
     paths: dict[str, list[str] | Exception] = {}
     for unit in scenario_units(cfg, scenario, num_tasks(scenario)):
-        got = outcomes[index[(unit.key(cfg), unit.tasks)]]
+        got = outcomes[index[(unit.key(cfg), unit.identity)]]
         if isinstance(paths.get(unit.mode), Exception):
             continue  # the mode already failed: its first error stands
         if isinstance(got, Exception):
@@ -353,7 +353,7 @@ def run_scenario(cfg: BenchmarkConfig, scenario: ScenarioConfig, run_dir: str,
             trials += [{"method": method, "lam": lam, "role": "sweep"} for lam in m.sweep_lambdas]
     t0 = time.time()
     if cfg.ray.tune_sweep:
-        # named by config and trial grid: Tuner.restore only finishes the grid it started with
+        # named by config and trial grid: a rerun reads the records of this grid's finished trials
         swept = run_sweep(cfg, scenario, merged, trials, storage.join(cfg.storage, "ray_tune"),
                           f"sweep-{cfg.name}-{scenario.label.replace('/', '_')}-{config_hash([cfg, trials])}")
     else:
