@@ -172,6 +172,12 @@ KNOWN_METHODS = ("zero_shot", "joint", "seq_ft", "ind_ft", "lwf", "ewc", "randmi
                  "randmix_seq", "avg_seq", "ties_seq", "magmax_first")
 
 
+# merges whose λ the Tune sweep (Figure 9) can vary
+SWEEPABLE_METHODS = tuple(m for m in KNOWN_METHODS if m not in ("zero_shot", "joint", "seq_ft", "ind_ft", "lwf", "ewc"))
+
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
@@ -278,16 +284,26 @@ def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
     node = tree
     for i, part in enumerate(parts[:-1]):
         if isinstance(node, list):
-            node = node[int(part)]
+            node = node[_list_index(node, part, dotted, parts[:i])]
             continue
         if part not in node or not isinstance(node[part], (dict, list)):
             node[part] = {}
         node = node[part]
     last = parts[-1]
     if isinstance(node, list):
-        node[int(last)] = value
+        node[_list_index(node, last, dotted, parts[:-1])] = value
     else:
         node[last] = value
+
+
+def _list_index(node: list, part: str, dotted: str, before: Sequence[str]) -> int:
+    where = ".".join(before)
+    if not part.isdigit():
+        raise ConfigError(f"{dotted}: {where} is a list; expected an index after it, got {part!r}")
+    if int(part) >= len(node):
+        raise ConfigError(f"{dotted}: {where} has {len(node)} entr{'y' if len(node) == 1 else 'ies'} "
+                          f"(indices 0..{len(node) - 1}); there is no {where}.{part}")
+    return int(part)
 
 
 def parse_overrides(overrides: Sequence[str]) -> list[tuple[str, Any]]:
@@ -343,11 +359,43 @@ def validate(cfg: BenchmarkConfig) -> BenchmarkConfig:
                 raise ConfigError(f"scenarios[{i}].analyses[{j}]: unknown analysis {name!r}; "
                                   f"known: {list(KNOWN_ANALYSES)}")
         _check_task_count(s, f"scenarios[{i}]")
+    if not 0.0 < m.sign_conflict_top_k <= 1.0:
+        raise ConfigError(f"merge.sign_conflict_top_k: {m.sign_conflict_top_k} is outside (0, 1]")
+    for i, name in enumerate(m.sweep_methods):
+        if name not in SWEEPABLE_METHODS:
+            raise ConfigError(f"merge.sweep_methods[{i}]: {name!r} is not a merge with a λ to sweep; "
+                              f"choose from {list(SWEEPABLE_METHODS)}")
     f = cfg.finetune
     if f.lr <= 0:
         raise ConfigError(f"finetune.lr: must be > 0, got {f.lr}")
     if f.batch_size < 1:
         raise ConfigError(f"finetune.batch_size: must be >= 1, got {f.batch_size}")
+    for key in ("epochs", "warmup_steps", "loader_workers", "ewc_fisher_batches"):
+        if getattr(f, key) < 0:
+            raise ConfigError(f"finetune.{key}: must be >= 0, got {getattr(f, key)}")
+    for key in ("weight_decay", "grad_clip", "lwf_lambda", "ewc_lambda"):
+        if getattr(f, key) < 0:
+            raise ConfigError(f"finetune.{key}: must be >= 0, got {getattr(f, key)}")
+    if f.lwf_temperature <= 0:
+        raise ConfigError(f"finetune.lwf_temperature: must be > 0, got {f.lwf_temperature}")
+    if cfg.eval_batch_size < 1:
+        raise ConfigError(f"eval_batch_size: must be >= 1, got {cfg.eval_batch_size}")
+    if cfg.max_eval_per_class < 0:
+        raise ConfigError(f"max_eval_per_class: must be >= 0 (0 = the whole test set), got {cfg.max_eval_per_class}")
+    if cfg.seed < 0:
+        raise ConfigError(f"seed: must be >= 0, got {cfg.seed}")
+    if not _PLAIN_NAME.fullmatch(cfg.name) or cfg.name in (".", ".."):
+        raise ConfigError(f"name: {cfg.name!r} is not a plain folder name (letters, digits, '.', '_', '-'; "
+                          f"it becomes <storage>/<name>)")
+    for key in ("storage", "data_root"):
+        if not getattr(cfg, key).strip():
+            raise ConfigError(f"{key}: must not be empty")
+    if cfg.ray.cpus_per_worker <= 0 or cfg.ray.eval_cpus <= 0:
+        key = "cpus_per_worker" if cfg.ray.cpus_per_worker <= 0 else "eval_cpus"
+        raise ConfigError(f"ray.{key}: must be > 0 (Ray rejects tasks that ask for no CPU), "
+                          f"got {getattr(cfg.ray, key)}")
+    if cfg.ray.gpus_per_worker < 0:
+        raise ConfigError(f"ray.gpus_per_worker: must be >= 0, got {cfg.ray.gpus_per_worker}")
     if f.precision not in ("auto", "fp32", "bf16", "fp16"):
         raise ConfigError(f"finetune.precision: {f.precision!r} is not fp32, bf16, fp16 or auto")
     if f.micro_batch_size < 0:
@@ -410,10 +458,14 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
-        loaded = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of keys")
-        tree = loaded
+        tree = read_yaml(path)
+    try:
+        return _resolve(tree, overrides)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}" if path is not None else str(err)) from None
+
+
+def _resolve(tree: dict[str, Any], overrides: Sequence[str]) -> BenchmarkConfig:
     if overrides:
         # apply overrides on the full default tree so list entries (scenarios.0.tasks) resolve
         base = to_dict(_build(BenchmarkConfig, tree))
@@ -432,6 +484,28 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
         for key, value in parsed:
             _set_dotted(tree, key, value)
     return validate(_build(BenchmarkConfig, tree))
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """A config file's mapping; a bad file is one line naming the file (and line) and the problem."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {err.start}); save the config as UTF-8") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot be read ({err.strerror})") from None
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{path}:{where}: YAML syntax error: {problem}") from None
+    if loaded is None:
+        raise ConfigError(f"{path}: the file is empty; a config is a mapping of keys (see configs/demo.yaml)")
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys")
+    return loaded
 
 
 def load_suite(path: str | Path, overrides: Sequence[str] = ()) -> list[BenchmarkConfig]:
