@@ -2,6 +2,7 @@
 
     python jobs/run_benchmark.py                       # the embedded demo (configs/demo.yaml)
     python jobs/run_benchmark.py --config configs/paper/table1.yaml data_root=/datasets storage=s3://bucket/runs
+    python jobs/run_benchmark.py 'storage=s3://bucket/runs?endpoint_override=minio:9000&scheme=http&region=us-east-1'
     python jobs/run_benchmark.py finetune.lr=1e-4 merge.magmax_lambda=0.6
 """
 
@@ -47,8 +48,13 @@ def main(argv: list[str] | None = None) -> int:
             print("\n" + suite_summary(plans))
         return 0
     status = 0
-    for cfg in configs:
-        status = max(status, _run_one(cfg, args.no_report))
+    try:
+        for cfg in configs:
+            status = max(status, _run_one(cfg, args.no_report))
+    except KeyboardInterrupt:
+        # what is finished is in storage; a rerun of the same command resumes from it
+        print("interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
     return status
 
 
@@ -57,18 +63,21 @@ def _run_one(cfg: BenchmarkConfig, no_report: bool) -> int:
 
     try:
         summary = run_benchmark(cfg)
-    except ConfigError as err:
+    except ConfigError as err:  # a DataCheckError (missing or unknown dataset) is one too
         print(f"config error: {err}", file=sys.stderr)
         return 2
-    run_dir = Path(cfg.storage if "://" in cfg.storage else Path(cfg.storage).resolve()) / cfg.name
-    if not no_report and "://" not in cfg.storage:
-        from pipeline.report import write_report
+    if not no_report:
+        # a storage URI too: rendered into a local temp folder, then uploaded beside the results
+        from jobs.make_report import render
+        from pipeline import storage
+        from pipeline.orchestration.runner import resolve_paths
+        from pipeline.results import read_run
 
-        paths = write_report(run_dir, run_dir / "report")
-        table = Path(paths["table.md"] if "table.md" in paths else run_dir / "report" / "table.md")
-        if table.is_file():
-            print(table.read_text())
-        print(f"report: {run_dir / 'report' / 'index.md'}")
+        run_dir = storage.join(resolve_paths(cfg).storage, cfg.name)
+        paths = render(read_run(run_dir), storage.join(run_dir, "report"))
+        if "table_md" in paths:
+            print(storage.read_text(paths["table_md"]))
+        print(f"report: {storage.shown(paths['index'])}")
     print(json.dumps(summary, indent=2))
     for failure in summary.get("failures", []):
         print(f"FAILED {failure['scenario']} {failure['mode']} ({', '.join(failure['methods'])}): "

@@ -58,22 +58,26 @@ __all__ = [
 
 @torch.no_grad()
 def sign_conflicts(
-    tvs: Sequence[Mapping[str, torch.Tensor]], top_k: float = 0.2, *, chunk_numel: int | None = None
+    tvs: Sequence[Mapping[str, torch.Tensor]], top_k: float = 0.2, *, chunk_numel: int | None = None,
+    extra_zeros: int = 0, entries: str = "exact",
 ) -> float:
     """Fraction of all parameters where the trimmed task vectors disagree in sign.
 
     Each vector is trimmed as in TIES (``trim_threshold``: top ``top_k`` fraction by magnitude,
     global over the flattened vector, ties kept). An element is a conflict when the kept non-zero
     entries at that position include both a positive and a negative value. The denominator is the
-    number of entries of one flattened vector.
+    number of entries of one flattened vector plus ``extra_zeros``: entries of a larger model
+    that are zero in every vector (TIES's ``whole_model`` scope), never in conflict, which also
+    count in the trimming threshold as ``trim_threshold`` says (``entries`` likewise).
     """
     tvs = _as_list(tvs)
     keys = _validate(tvs)
     _check_chunk(chunk_numel)
-    thresholds = [trim_threshold(tv, top_k, chunk_numel=chunk_numel) for tv in tvs]
+    thresholds = [trim_threshold(tv, top_k, chunk_numel=chunk_numel, extra_zeros=extra_zeros, entries=entries)
+                  for tv in tvs]
     dtype = _common_dtype(tvs[0])
     conflicts = 0
-    total = 0
+    total = extra_zeros
     for key in keys:
         srcs = [_flat(tv[key]) for tv in tvs]
         numel = srcs[0].numel()

@@ -40,7 +40,7 @@ class ScenarioConfig:
     kind: str = "class_incremental"   # class_incremental | domain_incremental | multi_dataset
     tasks: int = 5                    # multi_dataset: the number of datasets (one task each)
     name: str = ""                    # defaults to "<dataset>/<tasks>", "<dataset>/dil" or "<N>datasets"
-    class_order_seed: int = -1        # -1: the reference order (CIFAR100's, else natural); else a seeded shuffle
+    class_order_seed: int = -1        # -1: the reference order (CIFAR100, ImageNet-R, CUB200, DomainNet: the official code's; else natural); else a seeded shuffle
     analyses: tuple[str, ...] = ()    # figure analyses of this scenario (pipeline.orchestration.figures.ANALYSES)
     # multi_dataset (Table 5): task t is the whole of datasets[t], trained and evaluated with that
     # dataset's own zero-shot head; ``dataset`` stays empty
@@ -73,7 +73,7 @@ class FinetuneConfig:
     grad_clip: float = 1.0
     loader_workers: int = 2
     precision: str = "fp32"          # fp32 (the official code) | bf16 | fp16 autocast; auto: bf16 on GPU, fp32 on CPU
-    micro_batch_size: int = 0        # gradient accumulation: 0 = the whole batch on CPU, chosen from free memory on GPU
+    micro_batch_size: int = 0        # gradient accumulation: 0 = the whole part, halved after a CUDA out-of-memory error
     train_transform: str = "train"   # train: the backbone's train preprocessing (official); eval: the eval transform
     start_from: str = "previous"     # previous (theta_t-1), zero (theta_0), first (theta_1): Table 6
     lwf_lambda: float = 0.3

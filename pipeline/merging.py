@@ -38,6 +38,8 @@ __all__ = [
     "ties",
     "kth_magnitude",
     "trim_threshold",
+    "trim_count",
+    "trim_options",
     "rescale_to_norm",
     "apply_task_vector",
     "METHODS",
@@ -478,28 +480,72 @@ def _kth_smallest_abs_radix(
     return torch.tensor([prefix], dtype=int_dtype).view(dtype)[0].to(device)
 
 
+TRIM_ENTRIES = ("exact", "official")
+
+
+def _check_trim(extra_zeros: int, entries: str) -> None:
+    if isinstance(extra_zeros, bool) or not isinstance(extra_zeros, int) or extra_zeros < 0:
+        raise ValueError(f"extra_zeros must be a non-negative int, got {extra_zeros!r}")
+    if entries not in TRIM_ENTRIES:
+        raise ValueError(f"entries must be 'exact' or 'official', got {entries!r}")
+
+
+def trim_options(scope: str, entries: str, untouched: int) -> dict[str, int | str]:
+    """``extra_zeros``/``entries`` keywords of ``ties``, ``trim_threshold`` and ``sign_conflicts``
+    for the config's ``merge.ties_scope`` and ``merge.ties_entries``.
+
+    ``untouched``: entries of the whole model outside the task vectors (for CLIP, the floating
+    entries of its state dict minus the image tower's). ``scope="whole_model"`` counts them as
+    zeros, as the official MagMax code's whole-state-dict task vectors hold them;
+    ``entries="auto"`` is ``"official"`` under ``whole_model`` and ``"exact"`` otherwise.
+    """
+    if scope not in ("image_tower", "whole_model"):
+        raise ValueError(f"ties scope must be 'image_tower' or 'whole_model', got {scope!r}")
+    if entries == "auto":
+        entries = "official" if scope == "whole_model" else "exact"
+    extra = int(untouched) if scope == "whole_model" else 0
+    _check_trim(extra, entries)
+    return {"extra_zeros": extra, "entries": entries}
+
+
+def trim_count(d: int, top_k: float, entries: str = "exact") -> int:
+    """Entries TIES trimming keeps out of ``d`` (before ties at the threshold): ``"exact"``
+    max(1, int(d*top_k)), the fraction asked for; ``"official"`` int(d*top_k) + 1, what the
+    TIES/MagMax reference code's ``kthvalue(d - int(d*top_k))`` threshold keeps."""
+    return int(d * top_k) + 1 if entries == "official" else max(1, int(d * top_k))
+
+
 @torch.no_grad()
 def trim_threshold(
-    tv: Mapping[str, torch.Tensor], top_k: float, *, chunk_numel: int | None = None
+    tv: Mapping[str, torch.Tensor], top_k: float, *, chunk_numel: int | None = None,
+    extra_zeros: int = 0, entries: str = "exact",
 ) -> torch.Tensor | None:
     """Magnitude threshold of TIES trimming over the whole flattened task vector.
 
     Keeps the ``top_k`` fraction of entries by magnitude: with d entries and
-    n = max(1, int(d * top_k)), the threshold is the n-th largest |entry| and every entry with
-    |entry| >= threshold is kept, so exactly n entries survive unless several are tied at the
-    threshold (then all of those are kept). The TIES reference code thresholds at the
-    (d - n)-th smallest value, i.e. keeps one entry more; negligible at model scale, and we keep
-    the fraction that was asked for. Returns a 0-dim tensor (float32, or float64 for float64
-    vectors), or None when everything is kept.
+    n = ``trim_count(d, top_k, entries)``, the threshold is the n-th largest |entry| and every
+    entry with |entry| >= threshold is kept, so exactly n entries survive unless several are tied
+    at the threshold (then all of those are kept). ``entries="exact"`` (n = max(1, int(d*top_k)))
+    keeps the fraction that was asked for; ``"official"`` (n = int(d*top_k) + 1) is the TIES
+    reference code, which thresholds at the (d - int(d*top_k))-th smallest value.
+
+    ``extra_zeros``: entries outside ``tv`` that count as zeros (the official code's task vectors
+    span the whole CLIP state dict, whose text tower never changes). They join d and rank below
+    every entry of ``tv``, so the threshold is the n-th largest |entry| of ``tv`` while
+    n <= numel(tv), and everything of ``tv`` is kept otherwise; they are never materialised.
+    Returns a 0-dim tensor (float32, or float64 for float64 vectors), or None when everything
+    (of ``tv``) is kept.
     """
     if not (0.0 < float(top_k) <= 1.0):
         raise ValueError(f"top_k must be in (0, 1], got {top_k!r}")
     _check_chunk(chunk_numel)
+    _check_trim(extra_zeros, entries)
     d = sum(t.numel() for t in tv.values())
     if d == 0:
         raise ValueError("task vector has no entries")
-    n_keep = max(1, int(d * top_k))
+    n_keep = trim_count(d + extra_zeros, top_k, entries)
     if n_keep >= d:
+        # the n-th largest is one of the extra zeros or tv's smallest |entry|: all of tv is kept
         return None
     k = d - n_keep + 1  # n-th largest == k-th smallest
     dtype = _common_dtype(tv)
@@ -605,11 +651,16 @@ def ties(
     *,
     resolve_zero: str = "majority",
     chunk_numel: int | None = None,
+    extra_zeros: int = 0,
+    entries: str = "exact",
 ) -> TaskVector:
     """TIES-merging: trim, elect sign, disjoint mean.
 
     1. Trim: per task, keep entries with |entry| >= that task's global threshold
-       (``trim_threshold``: top ``top_k`` fraction over the whole flattened vector, ties kept).
+       (``trim_threshold``: top ``top_k`` fraction over the whole flattened vector, ties kept;
+       ``extra_zeros`` and ``entries`` as there: with ``extra_zeros`` the vectors are taken to
+       span a larger model whose other entries are 0 in every task -- they elect no sign and
+       merge to 0, so only the threshold changes).
     2. Elect: per element, the sign of the sum of kept values. Where that sum is exactly zero,
        ``resolve_zero="majority"`` (the TIES/MagMax reference code) uses the sign held by most
        elected elements of the whole vector; ``"zero"`` leaves the element at 0. If that
@@ -623,7 +674,8 @@ def ties(
     _check_chunk(chunk_numel)
     if resolve_zero not in ("majority", "zero"):
         raise ValueError(f"resolve_zero must be 'majority' or 'zero', got {resolve_zero!r}")
-    thresholds = [trim_threshold(tv, top_k, chunk_numel=chunk_numel) for tv in tvs]
+    thresholds = [trim_threshold(tv, top_k, chunk_numel=chunk_numel, extra_zeros=extra_zeros, entries=entries)
+                  for tv in tvs]
     chunk_numel = _stack_chunk(chunk_numel, len(tvs))
     dtype = _common_dtype(tvs[0])
     out: TaskVector = {}

@@ -29,6 +29,9 @@ class Clip:
     """An open_clip model with its transforms and tokenizer."""
 
     model: nn.Module
+    # open_clip's own preprocessing, for open_clip names and local-dir: alike. Train: RandomResizedCrop
+    # to the model's size, scale (0.9, 1.0), bicubic, CLIP normalisation (drawn per sample, seeded, by
+    # pipeline.data.augment); eval: resize, centre crop, normalisation.
     train_transform: Callable[[Any], torch.Tensor]
     eval_transform: Callable[[Any], torch.Tensor]
     tokenizer: Callable[[Sequence[str]], torch.Tensor]

@@ -4,7 +4,8 @@ Each unit of work writes its own Parquet file with ``write_unit``; the write is 
 file in the same directory, fsync, ``os.replace``), so a crash never leaves a partial file at the
 unit's path and ``unit_done`` can be trusted to skip finished units on a rerun. ``read_run``
 concatenates every unit file of a run and refuses duplicate rows instead of dropping them.
-Paths may be local paths or pyarrow filesystem URIs (``s3://...``, ``file://...``).
+Paths may be local paths or pyarrow filesystem URIs (``s3://...?endpoint_override=...``,
+``file://...``); every read and write goes through ``pipeline.storage``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import functools
 import math
 import os
 import subprocess
-import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -22,8 +22,9 @@ from typing import Any, BinaryIO
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+
+from pipeline import storage
 
 __all__ = [
     "SCHEMA",
@@ -172,19 +173,7 @@ def _check_duplicates(df: pd.DataFrame, sources: pd.Series | None = None) -> Non
 
 
 # --------------------------------------------------------------------------------------------
-# Paths and filesystems
-
-
-def _resolve(path: str | os.PathLike[str]) -> tuple[pafs.FileSystem, str, bool]:
-    """(filesystem, path on it, is_local)."""
-    if isinstance(path, os.PathLike) or "://" not in str(path):
-        return pafs.LocalFileSystem(), os.path.abspath(os.fspath(path)), True
-    fs, p = pafs.FileSystem.from_uri(str(path))
-    return fs, p, isinstance(fs, pafs.LocalFileSystem)
-
-
-def _is_temp(name: str) -> bool:
-    return name.startswith(".") or name.endswith(".tmp") or ".tmp." in name
+# Reading and writing: through ``pipeline.storage`` (local folders and URIs alike)
 
 
 def _write_parquet(table: pa.Table, sink: BinaryIO | pa.NativeFile) -> None:
@@ -192,72 +181,25 @@ def _write_parquet(table: pa.Table, sink: BinaryIO | pa.NativeFile) -> None:
     pq.write_table(table, sink)
 
 
-def _fsync_dir(directory: str) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some filesystems do not support fsync on directories
-    finally:
-        os.close(fd)
-
-
 def write_unit(rows: Sequence[Row | Mapping[str, Any]] | pd.DataFrame, path: str | os.PathLike[str]) -> None:
     """Validate ``rows`` against ``SCHEMA`` and write them atomically as one Parquet file.
 
     Raises ValueError naming the column on missing/extra/mistyped columns, and on rows sharing a
     key (all columns but value/config_hash/code_version). An existing file at ``path`` is replaced.
+    The file is written through ``storage.atomic_output``: a renamed temp file locally, one
+    upload to an object store.
     """
     table = _to_table(rows)
     _check_duplicates(table.to_pandas())
-    fs, p, local = _resolve(path)
-    if not p.endswith(".parquet"):
-        raise ValueError(f"unit path must end in .parquet: {path}")
-    if local:
-        directory, name = os.path.split(p)
-    else:
-        directory, _, name = p.rpartition("/")
-    tmp_name = f".{name}.{uuid.uuid4().hex}.tmp"
-    if local:
-        os.makedirs(directory, exist_ok=True)
-        tmp = os.path.join(directory, tmp_name)
-        try:
-            with open(tmp, "wb") as f:
-                _write_parquet(table, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, p)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
-        _fsync_dir(directory)
-    else:
-        if directory:
-            fs.create_dir(directory, recursive=True)
-        tmp = f"{directory}/{tmp_name}" if directory else tmp_name
-        try:
-            with fs.open_output_stream(tmp) as out:
-                _write_parquet(table, out)
-            # Object stores have no rename; move is copy + delete, and the copy appears whole.
-            fs.move(tmp, p)
-        except BaseException:
-            try:
-                fs.delete_file(tmp)
-            except Exception:
-                pass
-            raise
+    if not storage.split_query(path)[0].endswith(".parquet"):
+        raise ValueError(f"unit path must end in .parquet: {storage.shown(path)}")
+    with storage.atomic_output(path) as sink:
+        _write_parquet(table, sink)
 
 
 def unit_done(path: str | os.PathLike[str]) -> bool:
     """Whether the unit file at ``path`` exists (writes are atomic, so it is complete)."""
-    fs, p, _ = _resolve(path)
-    return fs.get_file_info(p).type == pafs.FileType.File
+    return storage.exists(path)
 
 
 def read_run(run_dir: str | os.PathLike[str]) -> pd.DataFrame:
@@ -266,32 +208,29 @@ def read_run(run_dir: str | os.PathLike[str]) -> pd.DataFrame:
     Columns in ``SCHEMA`` order. Raises ValueError if a file does not match the schema or if the
     same key appears twice (within or across files); FileNotFoundError if ``run_dir`` is absent.
     """
-    fs, root, _ = _resolve(run_dir)
-    info = fs.get_file_info(root)
-    if info.type == pafs.FileType.NotFound:
-        raise FileNotFoundError(f"no run directory at {run_dir}")
-    if info.type != pafs.FileType.Directory:
-        raise ValueError(f"{run_dir} is not a directory")
-    files = sorted(
-        f.path
-        for f in fs.get_file_info(pafs.FileSelector(root, recursive=True))
-        if f.type == pafs.FileType.File and f.path.endswith(".parquet") and not _is_temp(f.base_name)
-    )
+    try:
+        files = storage.list_files(run_dir, ".parquet")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no run directory at {storage.shown(run_dir)}") from None
+    except NotADirectoryError:
+        raise ValueError(f"{storage.shown(run_dir)} is not a directory") from None
     if not files:
         return SCHEMA.empty_table().to_pandas()
     tables = []
     sources: list[str] = []
     for f in files:
-        with fs.open_input_file(f) as fh:
+        fs, p = storage.filesystem(f)
+        where = storage.shown(storage.split_query(f)[0])  # named without options or credentials
+        with fs.open_input_file(p) as fh:
             t = pq.read_table(fh)
-        _check_columns(t.column_names, f" in {f}")
+        _check_columns(t.column_names, f" in {where}")
         t = t.select(list(COLUMNS))
         try:
             t = t.cast(SCHEMA)
         except (pa.ArrowInvalid, pa.ArrowTypeError, ValueError) as e:
-            raise ValueError(f"{f} does not match the results schema: {e}") from e
+            raise ValueError(f"{where} does not match the results schema: {e}") from e
         tables.append(t)
-        sources.extend([f] * t.num_rows)
+        sources.extend([where] * t.num_rows)
     df = pa.concat_tables(tables).to_pandas()
     _check_duplicates(df, pd.Series(sources, index=df.index))
     return df

@@ -13,10 +13,11 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import ConcatDataset, DataLoader, Dataset, RandomSampler, Subset, TensorDataset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, RandomSampler, Sampler, Subset, TensorDataset
 
 from pipeline.config import BenchmarkConfig, ModelConfig, ScenarioConfig
 from pipeline.data import DatasetBundle, load_dataset
+from pipeline.data.augment import PreCrop, SeededCrop, augmented_subset, hold_precrop, precrop_bytes, seeded_crop_from
 from pipeline.data.splits import (
     DOMAINNET_DOMAINS,
     IMAGENET_R_DOMAINS,
@@ -34,7 +35,8 @@ DEFAULT_EPOCHS = {"cifar100": 10, "imagenet_r": 10, "domainnet": 10, "cub200": 3
 # The eight-dataset benchmark's own epochs (design.md) where they differ from the above.
 MULTI_DATASET_EPOCHS = {"cars": 35}
 DOMAIN_ORDERS = {"domainnet": DOMAINNET_DOMAINS, "imagenet_r": IMAGENET_R_DOMAINS}
-# Datasets whose decoded train and test images (at the model's input size) fit in this many bytes
+# Datasets whose decoded train and test images fit in this many bytes (as held: float test images
+# at the model's input size, uint8 uncropped train images, or float ones under train_transform=eval)
 # are decoded once and kept as tensors: the demo world and profile=tiny. Real datasets at 224 px
 # stay on disk and are read by loader workers (CIFAR100's train set alone is 30 GB decoded).
 IN_MEMORY_BYTES = 2 << 30
@@ -60,7 +62,7 @@ class EpochShuffle(RandomSampler):
     """A shuffle whose order in epoch e depends only on (seed, e), like DistributedSampler's.
 
     A worker that resumes a task at epoch e then sees the batches an uninterrupted run would
-    have seen. Being a RandomSampler, Ray Train's ``prepare_data_loader`` still shuffles under DDP.
+    have seen; ``GlobalBatches`` cuts this one order into the global batches of every worker count.
     """
 
     def __init__(self, data_source: Dataset, seed: int) -> None:
@@ -70,6 +72,92 @@ class EpochShuffle(RandomSampler):
 
     def set_epoch(self, epoch: int) -> None:
         self.generator.manual_seed(self.seed * 100_003 + int(epoch))
+
+
+def batch_part(size: int, rank: int, world: int) -> tuple[int, int]:
+    """[start, stop) of worker ``rank``'s part of a global batch of ``size`` samples.
+
+    Contiguous parts whose sizes differ by at most one (the first ``size % world`` are longer);
+    a part is empty only when the batch has fewer samples than there are workers.
+    """
+    base, extra = divmod(int(size), int(world))
+    start = rank * base + min(rank, extra)
+    return start, start + base + (1 if rank < extra else 0)
+
+
+class Part(tuple):
+    """``(images, labels)`` of one worker's part of a global batch of ``global_size`` samples.
+
+    Unpacks like any batch; ``images`` and ``labels`` are None when the part is empty (the
+    worker still takes part in the step's gradient reduction).
+    """
+
+    global_size: int
+
+    def __new__(cls, images, labels, global_size: int) -> "Part":
+        part = super().__new__(cls, (images, labels))
+        part.global_size = int(global_size)
+        return part
+
+
+class _PartSampler(Sampler):
+    """The DataLoader's batch sampler: the non-empty parts of the epoch being iterated."""
+
+    def __init__(self, owner: "GlobalBatches") -> None:
+        self.owner = owner
+
+    def __iter__(self):
+        return iter(self.owner._parts)
+
+    def __len__(self) -> int:
+        return len(self.owner._parts)
+
+
+class GlobalBatches:
+    """One worker's share of a task's training batches, the same steps for any worker count.
+
+    Epoch e's order is ``EpochShuffle(seed)`` at e, a function of (seed, e) only; it is cut into
+    global batches of ``batch_size`` (the last one smaller), ⌈n/batch_size⌉ steps, and worker
+    ``rank`` of ``world`` gets ``batch_part`` of each. So a unit trains on the same global
+    batches in the same order on 1 or 8 workers, and the loop (``train_task``) averages the loss
+    over the global batch (``Part.global_size``), not over the worker's part.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int, batch_size: int, rank: int = 0, world: int = 1,
+                 workers: int = 0) -> None:
+        if not 0 <= rank < world:
+            raise ValueError(f"train loader: rank {rank} is outside a world of {world} workers")
+        self.dataset = dataset
+        self.order = EpochShuffle(dataset, seed)
+        self.batch_size, self.rank, self.world = int(batch_size), int(rank), int(world)
+        self._parts: list[list[int]] = []
+        self.loader = DataLoader(dataset, batch_sampler=_PartSampler(self), num_workers=workers,
+                                 persistent_workers=False)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.order.set_epoch(epoch)
+        if hasattr(self.dataset, "set_epoch"):  # e.g. random augmentation drawn per (seed, epoch)
+            self.dataset.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return -(-len(self.dataset) // self.batch_size)
+
+    def __iter__(self):
+        order = list(self.order)
+        sizes, parts = [], []
+        for start in range(0, len(order), self.batch_size):
+            batch = order[start:start + self.batch_size]
+            lo, hi = batch_part(len(batch), self.rank, self.world)
+            sizes.append(len(batch))
+            parts.append(batch[lo:hi])
+        self._parts = [p for p in parts if p]
+        loaded = iter(self.loader) if self._parts else iter(())
+        for size, part in zip(sizes, parts):
+            if part:
+                images, labels = next(loaded)
+                yield Part(images, torch.as_tensor(labels), size)
+            else:
+                yield Part(None, None, size)
 
 
 @dataclass
@@ -142,11 +230,14 @@ class Scenario:
         return self.head[classes], task_label_map(classes, len(self.data.classnames))
 
     def train_loader(self, tasks: Sequence[int], seed: int, batch_size: int,
-                     workers: int = 0) -> DataLoader:
+                     workers: int = 0, rank: int = 0, world: int = 1) -> GlobalBatches:
+        """Worker ``rank`` of ``world``'s parts of the global batches of ``tasks`` (GlobalBatches)."""
         idx = np.concatenate([self.train_task_idx[t] for t in tasks])
-        subset = Subset(self.data.train, idx.tolist())
-        return DataLoader(subset, batch_size=batch_size, sampler=EpochShuffle(subset, seed),
-                          num_workers=workers, drop_last=False, persistent_workers=False)
+        if len(tasks) > 1:
+            # Joint: the union in dataset order, so its batches do not depend on how it is split
+            idx = np.sort(idx)
+        subset = augmented_subset(self.data.train, idx.tolist(), seed, train_crop(self.cfg, self.clip))
+        return GlobalBatches(subset, seed, batch_size, rank, world, workers)
 
     def test_loader(self, batch_size: int, workers: int = 0) -> DataLoader:
         idx = np.concatenate(self.test_task_idx) if not self.domain_incremental else np.arange(len(self.data.test))
@@ -211,15 +302,38 @@ def build_scenario(cfg: BenchmarkConfig, scenario: ScenarioConfig, device: str =
 def _decoded_bytes(dataset: Dataset) -> int:
     if len(dataset) == 0:
         return 0
-    image, _ = dataset[0]
-    return len(dataset) * torch.as_tensor(image).numel() * 4
+    image = torch.as_tensor(dataset[0][0])
+    return len(dataset) * image.numel() * image.element_size()
+
+
+def train_crop(cfg: BenchmarkConfig, clip: Clip) -> SeededCrop | None:
+    """The seeded random part of the backbone's train transform (None: train on the eval one)."""
+    if cfg.finetune.train_transform == "eval":
+        return None
+    return seeded_crop_from(clip.train_transform, where=f"backbone {clip.name}: train transform")
 
 
 def _load(cfg: BenchmarkConfig, name: str, clip: Clip) -> DatasetBundle:
-    data = load_dataset(name, Path(cfg.data_root), clip.eval_transform, clip.eval_transform)
-    if _decoded_bytes(data.train) + _decoded_bytes(data.test) <= IN_MEMORY_BYTES:
-        data.train = _materialize(data.train)
-        data.test = _materialize(data.test)
+    """A dataset with eval-transformed test images and, under finetune.train_transform=train,
+    uncropped uint8 train images (``PreCrop``; ``AugmentedSubset`` crops them per sample).
+
+    Both splits are decoded into memory when what would be held fits IN_MEMORY_BYTES: the test
+    set as float eval tensors, the train set as uint8 pre-crop images (counted at their size).
+    """
+    crop = train_crop(cfg, clip)
+    data = load_dataset(name, Path(cfg.data_root), PreCrop() if crop else clip.eval_transform,
+                        clip.eval_transform)
+    test_bytes = _decoded_bytes(data.test)
+    if crop is None:
+        if _decoded_bytes(data.train) + test_bytes <= IN_MEMORY_BYTES:
+            data.train = _materialize(data.train)
+            data.test = _materialize(data.test)
+        return data
+    if precrop_bytes(data.train, crop.cache_side) + test_bytes <= IN_MEMORY_BYTES:
+        held = hold_precrop(data.train, crop.cache_side, IN_MEMORY_BYTES - test_bytes)
+        if held is not None:
+            data.train = held
+            data.test = _materialize(data.test)
     return data
 
 
@@ -247,8 +361,10 @@ def _build_cached(cfg: BenchmarkConfig, scenario: ScenarioConfig, device: str) -
         if scenario.tasks > num_classes:
             raise ValueError(f"scenarios: tasks={scenario.tasks} is more than the {num_classes} classes "
                              f"of {scenario.dataset}")
+        # the reference orders are mapped onto this loader's labels through the class names
         order = class_order(scenario.dataset, num_classes,
-                            None if scenario.class_order_seed < 0 else scenario.class_order_seed)
+                            None if scenario.class_order_seed < 0 else scenario.class_order_seed,
+                            names=data.raw_classnames)
         task_classes = class_incremental_splits(order, scenario.tasks)
         train_idx = [task_indices(data.train_targets, c) for c in task_classes]
         test_idx = [np.intersect1d(task_indices(data.test_targets, c), test_idx_all) for c in task_classes]

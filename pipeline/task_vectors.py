@@ -1,12 +1,13 @@
-"""Task vectors tau = theta - theta_0, and safetensors I/O for weights and task vectors.
+"""Task vectors tau = theta - theta_0, the checks on weights read, and a lazy local view of a file.
 
-Only safetensors are read for weights: nothing user-supplied is ever unpickled.
+Reading and writing weights and task vectors (local paths or URIs) is ``pipeline.storage``'s;
+``save_tensors``/``load_tensors`` here hand over to it. Only safetensors are read for weights:
+nothing user-supplied is ever unpickled.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Mapping
@@ -35,41 +36,23 @@ def task_vector(theta: Mapping[str, torch.Tensor], theta0: Mapping[str, torch.Te
 
 
 def save_tensors(tensors: Mapping[str, torch.Tensor], path: str | os.PathLike,
-                 metadata: Mapping[str, str] | None = None) -> Path:
-    """Write a safetensors file atomically (temp file in the same folder, fsync, rename)."""
-    from safetensors.torch import save_file
+                 metadata: Mapping[str, str] | None = None) -> Path | str:
+    """Write a safetensors file, whole or not at all, to a local path or a URI.
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp,
-                  metadata=dict(metadata or {}))
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    The IO lives in ``pipeline.storage`` (``write_tensors``); this name stays for callers of the math.
+    """
+    from pipeline import storage  # imported on use, as storage imports this module on use
+
+    storage.write_tensors(tensors, path, metadata)
+    return str(path) if storage.is_uri(path) else Path(path)
 
 
 def load_tensors(path: str | os.PathLike, expected: Mapping[str, torch.Tensor] | None = None) -> StateDict:
-    """Read a safetensors file; with ``expected``, check every tensor's presence and shape."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    """Read a safetensors file (local path or URI); with ``expected``, check every tensor's
+    presence and shape. The IO lives in ``pipeline.storage`` (``read_tensors``)."""
+    from pipeline import storage
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no weights file at {path}")
-    try:
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as err:
-        raise CorruptCheckpointError(f"{path} is not a readable safetensors file: {err}") from err
-    if expected is not None:
-        check_tensors(tensors, expected, path)
-    return tensors
+    return storage.read_tensors(path, expected)
 
 
 def check_tensors(tensors: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor],

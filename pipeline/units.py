@@ -20,7 +20,7 @@ import torch
 
 from pipeline.config import BenchmarkConfig, ScenarioConfig
 from pipeline.evaluation import accuracy, predict
-from pipeline.finetune import EWC, LwF, Recipe, frozen_copy, train_task
+from pipeline.finetune import EWC, LwF, Recipe, frozen_copy, train_task, world_info
 from pipeline.models import load_visual_state, visual_state
 from pipeline.scenario import Scenario
 from pipeline.storage import CheckpointStore, TrainState
@@ -72,6 +72,10 @@ def joint_spans_dataset(scenario: ScenarioConfig) -> bool:
     return scenario.kind == "class_incremental"
 
 
+# datasets whose reference class order is the official code's permutation (pipeline.data.class_orders)
+OFFICIAL_ORDER_DATASETS = ("imagenet_r", "cub200", "domainnet")
+
+
 def checkpoint_key(cfg: BenchmarkConfig, scenario: ScenarioConfig, mode: str) -> str:
     from pipeline.scenario import task_epochs
 
@@ -82,19 +86,26 @@ def checkpoint_key(cfg: BenchmarkConfig, scenario: ScenarioConfig, mode: str) ->
     recipe = {"lr": f.lr, "weight_decay": f.weight_decay, "batch_size": f.batch_size,
               "epochs": [task_epochs(cfg, scenario, t) for t in range(len(scenario.datasets))]
               if scenario.kind == "multi_dataset" else task_epochs(cfg, scenario, None),
-              "warmup_steps": f.warmup_steps, "grad_clip": f.grad_clip, "precision": f.precision}
+              "warmup_steps": f.warmup_steps, "grad_clip": f.grad_clip, "precision": f.precision,
+              "train_transform": f.train_transform}
     if mode in ("seq", "lwf", "ewc"):
         recipe["start_from"] = start_from
     if mode == "lwf":
         recipe.update(lwf_lambda=f.lwf_lambda, lwf_temperature=f.lwf_temperature)
     if mode == "ewc":
         recipe.update(ewc_lambda=f.ewc_lambda, ewc_fisher_batches=f.ewc_fisher_batches)
+        if f.ewc_fisher != "empirical":  # (only then: existing empirical keys stay as they were)
+            recipe["ewc_fisher"] = f.ewc_fisher
     data_root = cfg.data_root if "://" in cfg.data_root else str(Path(cfg.data_root).resolve())
     determinants = {
         "backbone": [cfg.model.backbone, cfg.model.pretrained], "data_root": data_root,
         "dataset": scenario.dataset, "kind": scenario.kind, "tasks": scenario.tasks,
         "class_order_seed": scenario.class_order_seed, "mode": mode, "recipe": recipe, "seed": cfg.seed,
     }
+    if scenario.kind == "class_incremental" and scenario.class_order_seed < 0 \
+            and scenario.dataset in OFFICIAL_ORDER_DATASETS:
+        # their reference order became the official code's permutation (was the natural order)
+        determinants["class_order"] = "official"
     if mode == "joint" and joint_spans_dataset(scenario):
         # Joint trains once on the whole (sorted) train set: the split and the class order do not
         # reach its weights, so every task count of a dataset shares one Joint checkpoint
@@ -113,10 +124,11 @@ def checkpoint_path(unit_dir: str | Path, task: int) -> str:
 def recipe_from(cfg: BenchmarkConfig, epochs: int) -> Recipe:
     f = cfg.finetune
     return Recipe(lr=f.lr, weight_decay=f.weight_decay, epochs=epochs, warmup_steps=f.warmup_steps,
-                  grad_clip=f.grad_clip, precision=f.precision)
+                  grad_clip=f.grad_clip, precision=f.precision, micro_batch_size=f.micro_batch_size)
 
 
 def _steps(n: int, batch: int) -> int:
+    """Optimizer steps per epoch: global batches of ``batch`` (the last one smaller), any worker count."""
     return max(1, -(-n // batch))
 
 
@@ -128,8 +140,6 @@ def run_chain(
     device: str | torch.device = "cpu",
     on_task_done: Callable[[int, str, dict], None] | None = None,
     on_epoch_done: Callable[[int, int, float], None] | None = None,
-    wrap_visual: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
-    wrap_loader: Callable | None = None,
     is_writer: bool = True,
     metadata: dict[str, str] | None = None,
 ) -> list[str]:
@@ -138,16 +148,19 @@ def run_chain(
     Whatever the store already holds is reused: finished tasks are loaded, and a task with an
     epoch state continues after its last finished epoch, so a restarted worker redoes at most
     one epoch. Returns the checkpoint locations of ``unit.outputs``.
+
+    Under torch.distributed (a Ray Train worker group) each worker trains on its part of every
+    global batch (``Scenario.train_loader``) and ``train_task`` sums the gradients, so the
+    weights do not depend on the worker count; no DDP wrapper and no DistributedSampler.
     """
     cfg = scn.cfg
     store = CheckpointStore(unit_dir)
     f = cfg.finetune
     sequential = unit.mode in CHAINED
     start_from = "first" if unit.mode == "first" else f.start_from
-    ewc = EWC(lam=f.ewc_lambda) if unit.mode == "ewc" else None
+    ewc = EWC(lam=f.ewc_lambda, fisher_mode=f.ewc_fisher) if unit.mode == "ewc" else None
     model = scn.classifier()
-    if wrap_visual is not None:
-        model.visual = wrap_visual(model.visual)
+    rank, world = world_info()
     first_state: dict[str, torch.Tensor] | None = None
     paths: list[str] = []
     tasks = unit.outputs
@@ -163,7 +176,7 @@ def run_chain(
                 _load(model, store.load(prev, scn.theta0))
                 head, lmap = scn.train_head(prev)
                 ewc.consolidate(model, _mapped(scn.train_loader([prev], cfg.seed, f.batch_size), lmap),
-                                head, torch.device(device), f.ewc_fisher_batches)
+                                head, torch.device(device), f.ewc_fisher_batches, batch_size=f.batch_size)
         if done:
             if sequential:
                 _load(model, state)
@@ -180,9 +193,7 @@ def run_chain(
         recipe = recipe_from(cfg, scn.epochs_for(None if unit.mode == "joint" else task))
         head, lmap = scn.train_head(None if unit.mode == "joint" else task)
         loader = scn.train_loader(train_tasks, cfg.seed * 1000 + task, f.batch_size,
-                                  0 if scn.in_memory else f.loader_workers)
-        if wrap_loader is not None:
-            loader = wrap_loader(loader)
+                                  0 if scn.in_memory else f.loader_workers, rank=rank, world=world)
         regularizer = None
         if unit.mode == "lwf" and i > 0:
             # the teacher is the previous task's final model, also when this task resumes mid-way
@@ -206,12 +217,12 @@ def run_chain(
 
         torch.manual_seed(cfg.seed * 1000 + task)
         n = sum(len(scn.train_task_idx[t]) for t in train_tasks)
-        stats = train_task(model, _mapped(loader, lmap), head, recipe, steps_per_epoch=_steps(n, f.batch_size),
-                           device=device, regularizer=regularizer, on_epoch_end=epoch_done,
+        stats = train_task(model, loader, head, recipe, steps_per_epoch=_steps(n, f.batch_size),
+                           device=device, regularizer=regularizer, label_map=lmap, on_epoch_end=epoch_done,
                            save_state=save_state, resume=resume)
         if ewc is not None:
             ewc.consolidate(model, _mapped(scn.train_loader([task], cfg.seed, f.batch_size), lmap), head,
-                            torch.device(device), f.ewc_fisher_batches)
+                            torch.device(device), f.ewc_fisher_batches, batch_size=f.batch_size)
         state = _state(model)
         if is_writer:
             store.save(task, state, metadata={"unit": unit.label, "task": str(task), **(metadata or {})})
@@ -240,9 +251,8 @@ class _MapLabels:
         return len(self.loader)
 
     def set_epoch(self, epoch: int) -> None:
-        sampler = getattr(self.loader, "sampler", None)
-        if hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(epoch)
+        if hasattr(self.loader, "set_epoch"):
+            self.loader.set_epoch(epoch)
 
 
 def _unwrap(visual: torch.nn.Module) -> torch.nn.Module:

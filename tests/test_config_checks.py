@@ -76,3 +76,26 @@ def test_a_missing_or_unknown_dataset_is_found_before_ray_starts(tmp_path, demo_
         runner.run_benchmark(cfg, log=lambda *_: None)
     assert not started and not ray.is_initialized()
     runner.check_datasets(load_config("configs/demo.yaml", [f"data_root={demo_data_root}"]))  # present: passes
+
+
+def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys):
+    from jobs import run_benchmark
+    from pipeline.orchestration import runner
+
+    def interrupted(*_a, **_k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "run_benchmark", interrupted)
+    assert run_benchmark.main(["--config", "configs/demo.yaml"]) == 130
+    err = capsys.readouterr().err
+    assert err.strip() == "interrupted; rerun the same command to resume"
+
+
+def test_a_bad_config_exits_2_with_one_line(tmp_path, capsys):
+    from jobs import run_benchmark
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: demo\nfinetune: {lr: 1e-5\n")
+    assert run_benchmark.main(["--config", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and str(bad) in err and "YAML syntax error" in err

@@ -59,6 +59,22 @@ def test_run_benchmark_end_to_end_and_resume(tmp_path, demo_data_root, ray_sessi
     pd.testing.assert_frame_equal(read_run(run_dir / "results"), df)
     assert again < first
 
+    # a finished run on read-only storage still runs (nothing is rewritten); the storage folder
+    # moved elsewhere is the same run
+    from pipeline import storage
+
+    def refuse(path, *_a, **_k):
+        raise PermissionError(f"read-only: {path}")
+
+    moved = tmp_path / "moved"
+    (tmp_path / "storage").rename(moved)
+    with monkeypatch.context() as m:
+        m.setattr(storage, "write_text", refuse)
+        m.setattr(storage, "write_bytes", refuse)
+        m.setattr(storage, "atomic_output", refuse)
+        argv = [a if not a.startswith("storage=") else f"storage={moved}" for a in _argv(tmp_path, demo_data_root)]
+        assert run_benchmark.main([*argv, "--no-report"]) == 0
+
 
 def test_a_diverging_unit_fails_alone_and_is_recorded(tmp_path, demo_data_root, ray_session, monkeypatch):
     from jobs import run_benchmark

@@ -80,9 +80,11 @@ def test_each_dataset_trains_for_its_own_epochs_and_the_key_says_so(tmp_path):
 
 
 def test_single_dataset_keys_are_unchanged_by_the_new_fields():
-    # checkpoints written before multi_dataset existed keep their content address
+    # a single-dataset key does not see the multi_dataset fields. Pinned when the recipe gained the
+    # train transform and fp32 became the default precision (both change the weights, so the keys
+    # of checkpoints from before that change differ on purpose)
     cfg = _cfg("scenarios=[{dataset: cifar100, tasks: 10}]", "data_root=/data")
-    assert checkpoint_key(cfg, cfg.scenarios[0], "seq") == "b526a3bf24eb40f3"  # computed at 759049a, before this change
+    assert checkpoint_key(cfg, cfg.scenarios[0], "seq") == "ac995263d7e43f92"
 
 
 @pytest.fixture(scope="module")

@@ -166,7 +166,8 @@ def test_plan_shares_units_and_sees_the_cache(scn, tmp_path):
         ScenarioConfig(dataset="demo_shapes", tasks=2, class_order_seed=1993, name="same-again"),
         ScenarioConfig(dataset="demo_shapes", tasks=4, class_order_seed=1993)))
     plan = build_plan(cfg)
-    assert plan.requested == 3 * 5 and len(plan.units) == 2 * 5  # the renamed scenario shares all 5
+    # the renamed scenario shares all 5; the 4-task scenario shares Joint (one per dataset)
+    assert plan.requested == 3 * 5 and len(plan.units) == 2 * 5 - 1
     assert all(not u.cached for u in plan.units)
     seq = next(u for u in plan.units if u.unit.mode == "seq" and u.unit.scenario.tasks == 2)
     assert seq.scenarios == ["demo_shapes/2", "same-again"]
@@ -174,7 +175,7 @@ def test_plan_shares_units_and_sees_the_cache(scn, tmp_path):
     again = build_plan(cfg)
     assert next(u for u in again.units if u.folder == seq.folder).cached == [0]
     text = format_plan(again)
-    assert "10 (15 requested by scenario; 5 shared)" in text and "GPU-hours left" in text
+    assert "9 (15 requested by scenario; 6 shared)" in text and "GPU-hours left" in text
     train_h, eval_h, unknown = again.gpu_hours_left()
     assert train_h > 0 and eval_h > 0 and unknown == []
 

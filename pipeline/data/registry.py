@@ -283,11 +283,18 @@ class DatasetBundle:
     test_domains: np.ndarray | None = None
     # How a seeded train/test split was made (None for official splits): see save_split_record.
     split_record: dict[str, Any] | None = None
+    # Each label's class as the dataset's own files spell it ("001.Black_footed_Albatross",
+    # "The_Eiffel_Tower"), where a reference class order is keyed by them; None: classnames do.
+    raw_classnames: list[str] | None = None
 
     def __post_init__(self) -> None:
         self.train_targets = np.asarray(self.train_targets, dtype=np.int64)
         self.test_targets = np.asarray(self.test_targets, dtype=np.int64)
         num_classes = len(self.classnames)
+        if self.raw_classnames is not None and len(self.raw_classnames) != num_classes:
+            raise ValueError(
+                f"{self.name}: {len(self.raw_classnames)} raw class names for {num_classes} classes"
+            )
         for split, targets in (("train", self.train_targets), ("test", self.test_targets)):
             if targets.size and (targets.min() < 0 or targets.max() >= num_classes):
                 raise ValueError(
@@ -311,6 +318,7 @@ def _bundle(
     train_domains: np.ndarray | None = None,
     test_domains: np.ndarray | None = None,
     split_record: dict[str, Any] | None = None,
+    raw_classnames: Sequence[str] | None = None,
 ) -> DatasetBundle:
     for split, (paths, _) in (("train", train), ("test", test)):
         if len(paths) == 0:
@@ -326,6 +334,7 @@ def _bundle(
         train_domains=train_domains,
         test_domains=test_domains,
         split_record=split_record,
+        raw_classnames=None if raw_classnames is None else list(raw_classnames),
     )
 
 
@@ -568,7 +577,8 @@ _RENDITION = re.compile(r"^(.*?)_\d+$")
 
 
 def _imagenet_r_names(base: Path, folders: Sequence[str]) -> list[str]:
-    """Class names: classnames.txt, else the README.txt of the official archive, else folder.
+    """Class names as the dataset spells them ("African_chameleon"): classnames.txt, else the
+    README.txt of the official archive, else the folder name.
 
     Both files hold 'wnid name' lines (README.txt has prose around them, which is skipped).
     Folders already named by class (as the reference code renames them) keep their names.
@@ -583,7 +593,7 @@ def _imagenet_r_names(base: Path, folders: Sequence[str]) -> list[str]:
                     mapping[parts[0]] = parts[1].strip()
             if mapping:
                 break
-    return [mapping.get(f, f).replace("_", " ") for f in folders]
+    return [mapping.get(f, f) for f in folders]
 
 
 def _rendition(rel_path: str) -> str:
@@ -628,10 +638,13 @@ def _load_imagenet_r(
         name, base, rel, labels, IMAGENET_R_FRACTIONS, split_seed, split_record
     )
     domains = np.asarray([_rendition(r) for r in rel], dtype=str)
+    # Labels follow the sorted folders (wnids in the official archive), not the names' string
+    # order; the class order (splits.class_order) maps through these names.
+    raw_names = _imagenet_r_names(base, folders)
     return _bundle(
         name,
         base,
-        _imagenet_r_names(base, folders),
+        [n.replace("_", " ") for n in raw_names],
         (_paths(base, rel, parts["train"]), labels[parts["train"]]),
         (_paths(base, rel, parts["test"]), labels[parts["test"]]),
         train_transform,
@@ -639,6 +652,7 @@ def _load_imagenet_r(
         train_domains=domains[parts["train"]],
         test_domains=domains[parts["test"]],
         split_record=record,
+        raw_classnames=raw_names,
     )
 
 
@@ -707,6 +721,8 @@ def _load_domainnet(
         eval_transform,
         train_domains=domain_of["train"],
         test_domains=domain_of["test"],
+        # labels are the lists' numbers, not the folders' string order: see splits.class_order
+        raw_classnames=[names[c] for c in range(num_classes)],
     )
 
 
@@ -752,6 +768,7 @@ def _load_cub200(
         (out[False][0], np.asarray(out[False][1])),
         train_transform,
         eval_transform,
+        raw_classnames=[classes[c] for c in sorted(classes)],
     )
 
 

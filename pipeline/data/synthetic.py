@@ -84,17 +84,23 @@ def write_imagenet_r(root: Path, readme: bool = True, classes: int | None = None
                      image_size: int = IMAGE_SIZE) -> Expected:
     """imagenet-r/<wnid>/<rendition>_<n>.jpg plus the README.txt of the official archive.
 
-    ``classes`` given: that many generated classes of ``per_class`` images whose renditions cycle
-    through all 15 of the domain-incremental order (so every domain has images); else the
-    three-class fixture of the registry tests.
+    ``classes`` given: that many (at most 200) of the real class names, each under a made-up wnid
+    given in a seeded shuffle (so, as in the real archive, the wnid folders' order is not the
+    names' order), with ``per_class`` images whose renditions cycle through all 15 of the
+    domain-incremental order (so every domain has images); else the three-class fixture of the
+    registry tests.
     """
+    from pipeline.data.class_orders import IMAGENET_R_LABEL_NAMES
     from pipeline.data.splits import IMAGENET_R_DOMAINS
 
     base = root / "imagenet-r"
     if classes is None:
         names_by_wnid, sizes, renditions = IMAGENET_R_CLASSES, IMAGENET_R_SIZES, IMAGENET_R_RENDITIONS
     else:
-        names_by_wnid = {f"n{i:08d}": f"imagenet_r_class_{i:03d}" for i in range(classes)}
+        if not 1 <= classes <= len(IMAGENET_R_LABEL_NAMES):
+            raise ValueError(f"write_imagenet_r: classes={classes} is not in 1..{len(IMAGENET_R_LABEL_NAMES)}")
+        picked = np.random.default_rng(0).permutation(len(IMAGENET_R_LABEL_NAMES))[:classes]
+        names_by_wnid = {f"n{i:08d}": IMAGENET_R_LABEL_NAMES[j] for i, j in enumerate(picked)}
         sizes = {w: per_class for w in names_by_wnid}
         renditions = IMAGENET_R_DOMAINS
     seed = 0
@@ -120,9 +126,23 @@ DOMAINNET_CLASSES = ("The_Eiffel_Tower", "aircraft_carrier", "zebra")
 
 def write_domainnet(root: Path, train_per_class: int = 2, test_per_class: int = 1, classes: int | None = None,
                     image_size: int = IMAGE_SIZE) -> Expected:
-    """domainnet/<domain>/<class>/<file>.jpg and the official <domain>_{train,test}.txt lists."""
+    """domainnet/<domain>/<class>/<file>.jpg and the official <domain>_{train,test}.txt lists.
+
+    ``classes`` given: that many (at most 345) real class names spread over the sorted list,
+    numbered in the lists in a seeded shuffle (a loader must not assume the lists' numbers follow
+    the folders' string order); else the three-class fixture of the registry tests, numbered 0, 1, 2.
+    """
+    from pipeline.data.class_orders import DOMAINNET_LABEL_NAMES
+
     base = root / "domainnet"
-    class_names = DOMAINNET_CLASSES if classes is None else tuple(f"domainnet_class_{i:03d}" for i in range(classes))
+    if classes is None:
+        class_names = DOMAINNET_CLASSES
+    else:
+        total = len(DOMAINNET_LABEL_NAMES)
+        if not 1 <= classes <= total:
+            raise ValueError(f"write_domainnet: classes={classes} is not in 1..{total}")
+        spread = [DOMAINNET_LABEL_NAMES[i * total // classes] for i in range(classes)]
+        class_names = tuple(spread[j] for j in np.random.default_rng(0).permutation(classes))
     expected: dict[str, tuple[list[int], list[str]]] = {"train": ([], []), "test": ([], [])}
     seed = 0
     for domain in DOMAINNET_ALL:
@@ -153,7 +173,10 @@ CUB_CLASSES = ("001.Black_footed_Albatross", "002.Laysan_Albatross", "003.Sooty_
 
 
 def write_cub200(root: Path, per_class: int = 3, classes: int | None = None, image_size: int = IMAGE_SIZE) -> Expected:
-    """CUB_200_2011/ with images/, images.txt, image_class_labels.txt, train_test_split.txt, classes.txt."""
+    """CUB_200_2011/ with images/, images.txt, image_class_labels.txt, train_test_split.txt, classes.txt.
+
+    ``classes`` given: folders "001.Bird_001" ... (the real "NNN.Name" form, made-up names).
+    """
     base = root / "CUB_200_2011"
     class_dirs = CUB_CLASSES if classes is None else tuple(f"{i + 1:03d}.Bird_{i + 1:03d}" for i in range(classes))
     images, labels, split_lines = [], [], []
@@ -410,8 +433,9 @@ NEEDS_SCIPY = frozenset({"cars", "svhn"})
 TINY_IMAGE_SIZE = 32
 # What profile=tiny writes per dataset: real class counts where a paper split needs them
 # (CIFAR100/50, ImageNet-R/50, CUB200/20 and Cars/20 all exist), two train and one test
-# image per class. DomainNet keeps 345 classes only in name: its paper splits (/6, DIL) need
-# far fewer, and 345 zero-shot classes x 80 templates would dominate a CPU run.
+# image per class. DomainNet has 12 of its 345 classes (real names, so the reference class order
+# restricted to them applies): its paper splits (/6, DIL) need far fewer, and 345 zero-shot
+# classes x 80 templates would dominate a CPU run.
 TINY_WRITERS: dict[str, Callable[[Path], Expected]] = {
     **WRITERS,
     "cifar100": lambda root: write_cifar100(root, train_per_class=2, test_per_class=1),
@@ -421,6 +445,9 @@ TINY_WRITERS: dict[str, Callable[[Path], Expected]] = {
     "domainnet": lambda root: write_domainnet(root, classes=12, image_size=TINY_IMAGE_SIZE),
 }
 _TINY_MARKER = ".tiny-{name}.done"
+# Datasets whose tiny version changed (v2: real class names, which the reference class orders are
+# keyed by): a tree written before has the old marker and is written again.
+_TINY_VERSIONS = {"imagenet_r": 2, "domainnet": 2}
 
 
 def write_tiny_datasets(root: str | Path, datasets: Iterable[str]) -> list[str]:
@@ -435,7 +462,8 @@ def write_tiny_datasets(root: str | Path, datasets: Iterable[str]) -> list[str]:
         if name not in TINY_WRITERS:
             raise KeyError(f"profile=tiny has no generated version of dataset {name!r}; "
                            f"known: {', '.join(sorted(TINY_WRITERS))}")
-        marker = root / _TINY_MARKER.format(name=name)
+        version = _TINY_VERSIONS.get(name, 1)
+        marker = root / _TINY_MARKER.format(name=name if version == 1 else f"{name}.v{version}")
         if marker.is_file():
             continue
         root.mkdir(parents=True, exist_ok=True)

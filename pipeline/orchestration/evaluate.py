@@ -24,9 +24,10 @@ def evaluator_for(cfg: BenchmarkConfig, scenario: ScenarioConfig) -> Evaluator:
 @ray.remote(max_retries=2)
 def evaluate_many(cfg: BenchmarkConfig, scenario: ScenarioConfig,
                   items: list[tuple[str, Any, float]]) -> list[tuple[float, list[float]]]:
-    """Evaluate ``(kind, payload, lam)`` items: kind "state" (weights) or "tau" (task vector)."""
+    """Evaluate ``(kind, payload, lam)`` items: kind "state" (weights), "tau" (task vector) or
+    "path" (a checkpoint: a local path or a storage URI, read through ``pipeline.storage``)."""
     from pipeline.merging import apply_task_vector
-    from pipeline.task_vectors import load_tensors
+    from pipeline.storage import read_tensors
 
     torch.set_num_threads(1)
     ev = evaluator_for(cfg, scenario)
@@ -35,7 +36,7 @@ def evaluate_many(cfg: BenchmarkConfig, scenario: ScenarioConfig,
         if isinstance(payload, ray.ObjectRef):
             payload = ray.get(payload)
         if kind == "path":
-            state = load_tensors(payload, ev.scn.theta0)
+            state = read_tensors(payload, ev.scn.theta0)
         elif kind == "tau":
             state = apply_task_vector(ev.scn.theta0, payload, lam)
         else:

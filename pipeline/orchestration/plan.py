@@ -10,9 +10,9 @@ assumptions (``ASSUMED_THROUGHPUT``, overridable in the config), not measurement
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from pipeline.storage import CheckpointStore, join
+from pipeline.storage import name as storage_name
 from pipeline.config import BenchmarkConfig, ScenarioConfig, scenario_methods
 from pipeline.units import ChainUnit
 
@@ -220,7 +220,7 @@ def format_plan(plan: Plan) -> str:
         n = u.images_left(cfg)
         hours = "?" if n is None else f"{n / train_rate / 3600:.2f}"
         lines.append(f"{u.unit.label:<40} {len(u.unit.outputs):>5} "
-                     f"{len(u.cached):>3}/{len(u.unit.outputs):<3} {hours:>10}  {Path(u.folder).name}")
+                     f"{len(u.cached):>3}/{len(u.unit.outputs):<3} {hours:>10}  {storage_name(u.folder)}")
     train_h, eval_h, unknown = plan.gpu_hours_left()
     pending = plan.pending
     lines += ["",

@@ -23,8 +23,8 @@ import ray
 import yaml
 
 from pipeline import analysis, merging, metrics, storage
-from pipeline.config import (BenchmarkConfig, ConfigError, ScenarioConfig, config_hash, from_dict,
-                             scenario_methods, to_dict)
+from pipeline.config import (BenchmarkConfig, ConfigError, ScenarioConfig, config_hash, config_yaml, from_dict,
+                             redact, scenario_methods, to_dict)
 from pipeline.orchestration.plan import (
     FAILURES_FILE,
     MODE_METHODS,
@@ -49,14 +49,18 @@ def resolve_paths(cfg: BenchmarkConfig) -> BenchmarkConfig:
 def init_ray(cfg: BenchmarkConfig, log: Log = print) -> None:
     if ray.is_initialized():
         return
-    address = cfg.ray.address or os.environ.get("RAY_ADDRESS") or None
+    # join a cluster only when told (ray.address, or RAY_ADDRESS as `ray job submit` sets it):
+    # a bare ray.init() would also join any `ray start` cluster that happens to run on this machine
+    told = cfg.ray.address or os.environ.get("RAY_ADDRESS") or ""
+    address = told or "local"
     start = time.time()
     ray.init(address=address, include_dashboard=False, log_to_driver=False,
              configure_logging=True, logging_level="ERROR")
-    log(f"ray: {'joined ' + address if address else 'local cluster'} "
+    where = f"joined {told} (gcs {ray.get_runtime_context().gcs_address})" if told else "started a private local cluster"
+    log(f"ray: {where}, "
         f"{ray.cluster_resources().get('CPU', 0):.0f} CPUs, {ray.cluster_resources().get('GPU', 0):.0f} GPUs, "
         f"{len(ray.nodes())} node(s) ({time.time() - start:.1f}s)")
-    if address and not state_api_available():
+    if told and not state_api_available():
         log("warning: this cluster's dashboard (Ray's State API) does not answer. Ray Train needs it to "
             "release a lost Train controller's placement group: if a node that drives a unit dies, the "
             "retried unit can wait forever for the CPUs/GPUs that group still holds. Start the head with "
@@ -91,10 +95,43 @@ def prepare_data(cfg: BenchmarkConfig, log: Log = print) -> None:
             log(f"profile=tiny: generated {', '.join(written)} under {cfg.data_root}")
 
 
+class DataCheckError(ConfigError):
+    """A dataset the config needs is unknown or not where ``data_root`` says (found before Ray starts)."""
+
+
+def check_datasets(cfg: BenchmarkConfig) -> None:
+    """Every dataset the config reads is registered and laid out as its loader expects.
+
+    The loaders list files and read metadata without decoding images, so this costs seconds, and
+    a missing dataset is reported before Ray starts rather than from inside a Train worker. A
+    ``data_root`` URI is left to the workers.
+    """
+    from pipeline.data import DATASETS, DatasetNotFoundError, load_dataset
+    from pipeline.scenario import register_builtin_extras
+
+    if "://" in cfg.data_root:
+        return
+    register_builtin_extras()
+    seen: set[str] = set()
+    for i, s in enumerate(cfg.scenarios):
+        for name in s.members:
+            if name in seen:
+                continue
+            seen.add(name)
+            if name not in DATASETS:
+                where = f"scenarios[{i}].dataset" + ("s" if s.kind == "multi_dataset" else "")
+                raise DataCheckError(f"{where}: unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}")
+            try:
+                load_dataset(name, Path(cfg.data_root))
+            except DatasetNotFoundError as err:
+                raise DataCheckError(f"data_root={cfg.data_root}: {err}") from None
+
+
 def _result_identity(cfg: BenchmarkConfig) -> dict:
     """The config minus what cannot change results (how Ray runs it)."""
     tree = to_dict(cfg)
     tree.pop("ray")
+    tree.pop("storage")  # a run folder copied or mounted elsewhere is the same run
     return tree
 
 
@@ -105,11 +142,11 @@ def check_run_dir(cfg: BenchmarkConfig, run_dir: str) -> None:
         return
     try:
         # through the config classes, so keys added since (with their defaults) are no difference
-        saved = _result_identity(from_dict(yaml.safe_load(storage.read_text(path)) or {}))
+        saved = redact(_result_identity(from_dict(yaml.safe_load(storage.read_text(path)) or {})))
     except ConfigError as err:
         raise ConfigError(f"{path} is not a config this version can read ({err}); choose another name= "
                           f"or storage=, or delete that run folder") from err
-    mine = _result_identity(cfg)
+    mine = redact(_result_identity(cfg))  # config.yaml is saved with URI credentials redacted
     if saved != mine:
         diff = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k))
         raise ConfigError(f"{run_dir} holds results of a different config (differs in {diff}); "
@@ -122,13 +159,16 @@ def run_benchmark(cfg: BenchmarkConfig, log: Log = print) -> dict[str, Any]:
     cfg = resolve_paths(cfg)
     run_dir = storage.join(cfg.storage, cfg.name)
     check_run_dir(cfg, run_dir)
-    storage.write_text(storage.join(run_dir, "config.yaml"), yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    saved_config, text = storage.join(run_dir, "config.yaml"), config_yaml(cfg)  # credentials redacted
+    if not storage.exists(saved_config) or storage.read_text(saved_config) != text:
+        storage.write_text(saved_config, text)  # (unchanged: not rewritten, so read-only storage works)
     plan = build_plan(cfg)
     failures: list[dict[str, str]] = []
     if all(plan.scenarios_done.values()):
         log(f"{cfg.name}: every scenario's results exist under {run_dir}; nothing to do")
     else:
         prepare_data(cfg, log)
+        check_datasets(cfg)
         init_ray(cfg, log)
         outcomes = fit_units(cfg, plan, log)
         for s in cfg.scenarios:
@@ -142,7 +182,12 @@ def run_benchmark(cfg: BenchmarkConfig, log: Log = print) -> dict[str, Any]:
     summary["wall_seconds"] = round(time.time() - start, 1)
     summary["fine_tuned_tasks"] = sum(len(u.unit.outputs) - len(u.cached) for u in plan.pending)
     summary["failures"] = failures
-    storage.write_text(storage.join(run_dir, "summary.json"), json.dumps(summary, indent=2))
+    try:
+        storage.write_text(storage.join(run_dir, "summary.json"), json.dumps(summary, indent=2))
+    except OSError as err:
+        if plan.pending or not all(plan.scenarios_done.values()):
+            raise
+        log(f"summary.json not rewritten ({type(err).__name__}: the storage is read-only?); the results stand")
     return summary
 
 
@@ -161,8 +206,13 @@ def _capacity(cfg: BenchmarkConfig) -> int:
 
 
 def fit_units(cfg: BenchmarkConfig, plan: Plan, log: Log = print) -> dict[int, list[str] | Exception]:
-    """Fine-tune every pending unit of the plan, concurrently; one unit's failure stops only it."""
-    from pipeline.orchestration.train import driving_options, fit_unit_task
+    """Fine-tune every pending unit of the plan, concurrently; one unit's failure stops only it.
+
+    Each unit is fine-tuned under a lease (``pipeline.orchestration.lease``), so two drivers on
+    one storage split the units between them instead of both training all of them.
+    """
+    from pipeline.orchestration.lease import Leases
+    from pipeline.orchestration.train import driving_options, fit_unit_task, unit_finished
 
     outcomes: dict[int, list[str] | Exception] = {}
     for i, u in enumerate(plan.units):
@@ -176,22 +226,49 @@ def fit_units(cfg: BenchmarkConfig, plan: Plan, log: Log = print) -> dict[int, l
     train_root = storage.join(cfg.storage, "ray_train")
     driving = fit_unit_task.options(**driving_options(cfg.ray.max_failures))
     pending: dict[ray.ObjectRef, int] = {}
-    while queue or pending:
-        while queue and len(pending) < slots:
-            i = queue.pop(0)
-            u = plan.units[i]
-            ref = driving.remote(cfg, u.unit, u.folder, train_root)
-            pending[ref] = i
-        ready, _ = ray.wait(list(pending), num_returns=1)
-        for ref in ready:
-            i = pending.pop(ref)
-            try:
-                outcomes[i] = ray.get(ref)
-            except Exception as err:  # recorded and reported, the other units go on
-                outcomes[i] = err
-                log(f"unit {plan.units[i].unit.label} failed: {_short(err)}")
+    leases = Leases(ttl_s=LEASE_TTL_S)
+    told: set[int] = set()
+    try:
+        while queue or pending:
+            # another driver on the same storage may hold a unit: take the others, wait for it
+            for i in list(queue):
+                if len(pending) >= slots:
+                    break
+                u = plan.units[i]
+                if unit_finished(u.unit, u.folder):  # finished by another driver meanwhile
+                    queue.remove(i)
+                    outcomes[i] = [storage.join(u.folder, f"task_{t:03d}.safetensors") for t in u.unit.outputs]
+                elif leases.acquire(u.folder):
+                    queue.remove(i)
+                    pending[driving.remote(cfg, u.unit, u.folder, train_root)] = i
+                elif i not in told:
+                    told.add(i)
+                    holder = leases.holder(u.folder) or {}
+                    log(f"unit {u.unit.label} is being fine-tuned by another driver ({holder.get('owner', '?')}); "
+                        f"waiting for it")
+            if not pending:
+                time.sleep(LEASE_POLL_S)
+                continue
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=LEASE_POLL_S)
+            leases.renew()
+            for ref in ready:
+                i = pending.pop(ref)
+                leases.release(plan.units[i].folder)
+                try:
+                    outcomes[i] = ray.get(ref)
+                except Exception as err:  # recorded and reported, the other units go on
+                    outcomes[i] = err
+                    log(f"unit {plan.units[i].unit.label} failed: {_short(err)}")
+    finally:
+        leases.release_all()  # (a killed driver's leases expire after LEASE_TTL_S instead)
     log(f"{len(plan.pending)} fine-tuning units run in {time.time() - t0:.1f}s")
     return outcomes
+
+
+# A driver renews its units' leases every LEASE_POLL_S; a lease not renewed for LEASE_TTL_S (the
+# driver died) lets another driver take the unit over.
+LEASE_POLL_S = 5.0
+LEASE_TTL_S = 300.0
 
 
 def _short(err: Exception) -> str:
@@ -267,25 +344,30 @@ def run_scenario(cfg: BenchmarkConfig, scenario: ScenarioConfig, run_dir: str,
         running[method] = []
         for t, (path, tv) in enumerate(zip(paths[mode], tvs[mode])):
             # the tag is the checkpoint's content address: a restarted actor skips what it folded
-            ray.get(actor.add.remote(f"{Path(path).parent.name}/{t}", ray.put(tv)))
+            ray.get(actor.add.remote(f"{storage.name(storage.parent(path))}/{t}", ray.put(tv)))
             running[method].append(actor.value.remote())
         # results of actor calls are owned by this driver: once they exist, the actor can go
         ray.wait(running[method], num_returns=len(running[method]), fetch_local=False)
         ray.kill(actor)
 
     m = cfg.merge
+    # TIES's trimming scope (merge.ties_scope): the official task vectors span the whole CLIP state
+    # dict, so its entries outside the image tower (never trained: zeros) may count in the threshold
+    untouched = (sum(v.numel() for v in scn.clip.model.state_dict().values() if v.is_floating_point())
+                 - sum(t.numel() for t in theta0.values()))
+    trim = merging.trim_options(m.ties_scope, m.ties_entries, untouched)
     merged: dict[str, ray.ObjectRef] = {k: v[-1] for k, v in running.items()}
     if "ind" in tvs:
         ind = tvs["ind"]
         merged["avg"] = ray.put(merging.average(ind))
-        merged["ties"] = ray.put(merging.ties(ind, top_k=m.ties_top_k))
+        merged["ties"] = ray.put(merging.ties(ind, top_k=m.ties_top_k, **trim))
         merged["randmix"] = ray.put(merging.random_mix(ind, seed=cfg.seed))
         merged["task_arithmetic"] = ray.put(merging.task_arithmetic(ind))
     if "seq" in tvs:
         # Table 4: the same merges over sequentially fine-tuned vectors
         seq = tvs["seq"]
         for method, merge in (("avg_seq", lambda: merging.average(seq)),
-                              ("ties_seq", lambda: merging.ties(seq, top_k=m.ties_top_k)),
+                              ("ties_seq", lambda: merging.ties(seq, top_k=m.ties_top_k, **trim)),
                               ("randmix_seq", lambda: merging.random_mix(seq, seed=cfg.seed))):
             if method in methods:
                 merged[method] = ray.put(merge())
@@ -383,7 +465,8 @@ def run_scenario(cfg: BenchmarkConfig, scenario: ScenarioConfig, run_dir: str,
         if mode in tvs and len(tvs[mode]) > 1:
             analysis_rows.append({"method": "sign_conflicts", "finetuning": mode, "role": "analysis",
                                   "metric": "sign_conflicts",
-                                  "value": analysis.sign_conflicts(tvs[mode], top_k=m.sign_conflict_top_k)})
+                                  "value": analysis.sign_conflicts(tvs[mode], top_k=m.sign_conflict_top_k,
+                                                                   **trim)})
     for method in {r["method"] for r in matrix_rows}:
         mat = _matrix(matrix_rows, method, T)
         if method == "zero_shot" or np.isnan(mat[np.tril_indices(T)]).any():

@@ -20,7 +20,8 @@ import ray
 import torch
 
 from pipeline.storage import CheckpointStore
-from pipeline.config import BenchmarkConfig, ScenarioConfig, scenario_methods
+from pipeline.storage import name as storage_name
+from pipeline.config import BenchmarkConfig, ScenarioConfig, redact, scenario_methods
 from pipeline.units import ChainUnit
 
 
@@ -57,7 +58,7 @@ def _train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
     cfg: BenchmarkConfig = config["cfg"]
     unit: ChainUnit = config["unit"]
     ctx = ray.train.get_context()
-    world, rank = ctx.get_world_size(), ctx.get_world_rank()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(max(1, int(config.get("threads", 1))))
     device = ray.train.torch.get_device() if config["use_gpu"] else torch.device("cpu")
     node = ray.get_runtime_context().get_node_id()
@@ -70,14 +71,15 @@ def _train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
             return
         # metrics are only kept with a checkpoint (Train V2): a manifest, never the weights
         with tempfile.TemporaryDirectory() as tmp:
-            Path(tmp, "manifest.json").write_text(json.dumps({**metrics, "store": config["unit_dir"]}))
+            Path(tmp, "manifest.json").write_text(json.dumps({**metrics, "store": redact(config["unit_dir"])}))
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
-    wrap_visual = ray.train.torch.prepare_model if world > 1 else None
-    wrap_loader = ray.train.torch.prepare_data_loader if world > 1 else None
+    # no prepare_model / prepare_data_loader: DistributedSampler would change the data order and
+    # the per-worker batch, and DDP's averaging would weight unequal parts equally. run_chain splits
+    # every global batch across the group Ray Train set up and train_task sums the gradients.
     try:
-        run_chain(scn, unit, config["unit_dir"], device=device, on_epoch_done=report, wrap_visual=wrap_visual,
-                  wrap_loader=wrap_loader, is_writer=rank == 0, metadata={"node": node})
+        run_chain(scn, unit, config["unit_dir"], device=device, on_epoch_done=report,
+                  is_writer=rank == 0, metadata={"node": node, "workers": str(world)})
     except NonFiniteLossError as err:
         # deterministic: restarting the worker group would only repeat it
         return {"error": f"{type(err).__name__}: {err}"}
@@ -111,7 +113,7 @@ def fit_unit(cfg: BenchmarkConfig, unit: ChainUnit, unit_dir: str, storage_path:
         scaling_config=ScalingConfig(num_workers=cfg.ray.num_workers, use_gpu=gpu,
                                      resources_per_worker=resources),
         # a fixed name per unit: a rerun with the same storage resumes instead of starting over
-        run_config=RunConfig(name=f"ft-{unit.label}-{Path(unit_dir).name}", storage_path=storage_path,
+        run_config=RunConfig(name=f"ft-{unit.label}-{storage_name(unit_dir)}", storage_path=storage_path,
                              failure_config=FailureConfig(max_failures=cfg.ray.max_failures)),
     )
     result = trainer.fit()

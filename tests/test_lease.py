@@ -1,0 +1,44 @@
+"""Unit leases: two drivers on one storage never both hold a unit; a dead driver's lease expires."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from pipeline.orchestration.lease import LEASE_FILE, Leases
+
+
+def test_one_holder_at_a_time(tmp_path):
+    a, b = Leases(owner="a"), Leases(owner="b")
+    unit = str(tmp_path / "unit")
+    assert a.acquire(unit) and a.acquire(unit)  # holding it again is fine
+    assert not b.acquire(unit)
+    assert b.holder(unit)["owner"] == "a"
+    a.release(unit)
+    assert not (tmp_path / "unit" / LEASE_FILE).exists()
+    assert b.acquire(unit) and not a.acquire(unit)
+
+
+def test_a_lease_not_renewed_expires_and_is_taken_over(tmp_path):
+    dead, alive = Leases(owner="dead", ttl_s=0.2), Leases(owner="alive", ttl_s=60)
+    unit = str(tmp_path / "unit")
+    assert dead.acquire(unit)
+    assert not alive.acquire(unit)
+    time.sleep(0.3)
+    assert alive.holder(unit) is None  # expired
+    assert alive.acquire(unit)
+    assert json.loads((tmp_path / "unit" / LEASE_FILE).read_text())["owner"] == "alive"
+    dead.release(unit)  # the old holder's release does not remove the new holder's lease
+    assert alive.holder(unit)["owner"] == "alive"
+
+
+def test_renewal_keeps_a_lease_alive_and_damage_frees_it(tmp_path):
+    a, b = Leases(owner="a", ttl_s=0.3), Leases(owner="b")
+    unit = str(tmp_path / "unit")
+    assert a.acquire(unit)
+    for _ in range(3):
+        time.sleep(0.15)
+        a.renew()
+        assert not b.acquire(unit)
+    (tmp_path / "unit" / LEASE_FILE).write_text("{not json")
+    assert b.acquire(unit)
