@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from pipeline.merging import (
+from pipeline.merging.paper import (
     TaskVector,
     _as_list,
     _check_chunk,

@@ -117,6 +117,21 @@ class RayConfig:
     train_poll_s: float = 0.25      # how often a Train controller polls its workers; each ray.train.report waits for a poll
 
 
+DATASET_KINDS = ("image_folder",)
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    """A dataset the config declares itself (``datasets: {name: {kind: image_folder, ...}}``):
+    ``<data_root>/<folder or name>/{train,test}/<class_name>/<image>``, class names the folder
+    names with ``_`` read as spaces. Every process registers it from the config it receives."""
+
+    name: str = ""
+    kind: str = "image_folder"
+    templates: tuple[str, ...] = ("a photo of a {}.",)   # zero-shot prompts; "{}" is the class name
+    folder: str = ""                 # under data_root; "" = name
+
+
 @dataclass(frozen=True)
 class BenchmarkConfig:
     name: str = "demo"
@@ -135,6 +150,34 @@ class BenchmarkConfig:
     eval_batch_size: int = 512
     max_eval_per_class: int = 0      # 0: the whole test set
     suite: tuple[str, ...] = ()      # further configs (paths relative to this file) run after this one with the same overrides
+    # datasets declared here (a mapping name -> DatasetConfig fields in YAML), usable by name in scenarios
+    datasets: tuple[DatasetConfig, ...] = ()
+
+    def __reduce__(self) -> tuple:
+        # Ray pickles the config into every Train worker, evaluation task and Tune trial. Datasets
+        # the user registered in Python (pipeline.data.register_dataset) before the run exist only
+        # in the driver, so their loaders travel with the config and are registered where it is
+        # unpickled (cloudpickle, as Ray uses, ships closures and __main__ functions by value).
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return (_restore_config, (type(self), values, _carried_loaders(self)))
+
+
+def _carried_loaders(cfg: BenchmarkConfig) -> dict[str, Any]:
+    import sys
+
+    registry = sys.modules.get("pipeline.data.registry")
+    if registry is None:  # not imported: nothing can have been registered in this process
+        return {}
+    declared = {d.name for d in cfg.datasets}
+    return registry.carried_loaders([n for s in cfg.scenarios for n in s.members if n not in declared])
+
+
+def _restore_config(cls: type, values: dict[str, Any], loaders: dict[str, Any]) -> BenchmarkConfig:
+    if loaders:
+        from pipeline.data.registry import adopt_loaders
+
+        adopt_loaders(loaders)
+    return cls(**values)
 
 
 # What a profile replaces in a config (file values; command-line overrides still win). "tiny" runs
@@ -245,6 +288,8 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
             raise ConfigError(f"unknown config key {where!r}; known keys here: {sorted(names)}")
     if cls is ScenarioConfig and data.get("kind") == "multi_dataset":
         data = _multi_dataset_fields(data, prefix)
+    if cls is BenchmarkConfig and isinstance(data.get("datasets"), Mapping):
+        data = {**data, "datasets": _declared_datasets(data["datasets"])}
     kwargs = {}
     for key, value in data.items():
         where = f"{prefix}.{key}" if prefix else key
@@ -268,6 +313,22 @@ def _multi_dataset_fields(data: Mapping[str, Any], where: str) -> dict[str, Any]
     if len(set(datasets)) != len(datasets):
         raise ConfigError(f"{where}.datasets: {list(datasets)} names a dataset twice")
     return {**data, "dataset": "", "tasks": len(datasets)}
+
+
+def _declared_datasets(mapping: Mapping[str, Any]) -> list[Any]:
+    """``datasets: {name: {kind: ..., templates: [...]}}`` as the list of entries the dataclass holds
+    (the saved config.yaml has the list form, with each entry's ``name``: both are read)."""
+    out = []
+    for name, entry in mapping.items():
+        if entry is None:
+            entry = {}
+        if not isinstance(entry, Mapping):
+            raise ConfigError(f"datasets.{name}: expected a mapping (kind, templates, folder), "
+                              f"got {type(entry).__name__}")
+        if "name" in entry and entry["name"] != name:
+            raise ConfigError(f"datasets.{name}.name: {entry['name']!r} differs from its key {name!r}")
+        out.append({**entry, "name": name})
+    return out
 
 
 def to_dict(cfg: Any) -> Any:
@@ -359,6 +420,7 @@ def validate(cfg: BenchmarkConfig) -> BenchmarkConfig:
                 raise ConfigError(f"scenarios[{i}].analyses[{j}]: unknown analysis {name!r}; "
                                   f"known: {list(KNOWN_ANALYSES)}")
         _check_task_count(s, f"scenarios[{i}]")
+    _check_declared_datasets(cfg)
     if not 0.0 < m.sign_conflict_top_k <= 1.0:
         raise ConfigError(f"merge.sign_conflict_top_k: {m.sign_conflict_top_k} is outside (0, 1]")
     for i, name in enumerate(m.sweep_methods):
@@ -434,6 +496,36 @@ _NUM_CLASSES = {"cifar100": 100, "imagenet_r": 200, "domainnet": 345, "cub200": 
                 "dtd": 47, "eurosat": 10, "gtsrb": 43, "mnist": 10, "svhn": 10, "resisc45": 45,
                 "sun397": 397, "demo_shapes": 100}
 _NUM_DOMAINS = {"domainnet": 6, "imagenet_r": 15}
+
+
+def _check_declared_datasets(cfg: BenchmarkConfig) -> None:
+    """Declared datasets: plain unique names that shadow no built-in, a known kind, templates with
+    a "{}" for the class name, a folder inside data_root; no domain-incremental scenario on one."""
+    seen: set[str] = set()
+    for i, d in enumerate(cfg.datasets):
+        where = f"datasets.{d.name}" if d.name else f"datasets[{i}]"
+        if not _PLAIN_NAME.fullmatch(d.name):
+            raise ConfigError(f"{where}: {d.name!r} is not a plain dataset name (letters, digits, '.', '_', '-')")
+        if d.name in _NUM_CLASSES:
+            raise ConfigError(f"{where}: {d.name!r} is a built-in dataset; declare yours under another name")
+        if d.name in seen:
+            raise ConfigError(f"{where}: declared twice")
+        seen.add(d.name)
+        if d.kind not in DATASET_KINDS:
+            raise ConfigError(f"{where}.kind: {d.kind!r} is not one of {', '.join(DATASET_KINDS)}")
+        if not d.templates:
+            raise ConfigError(f"{where}.templates: needs at least one template, e.g. 'a photo of a {{}}.'")
+        for j, t in enumerate(d.templates):
+            if t.count("{}") != 1 or re.search(r"\{(?!\})|(?<!\{)\}", t):
+                raise ConfigError(f"{where}.templates[{j}]: {t!r} must hold '{{}}' (the class name) once "
+                                  f"and no other braces")
+        folder = Path(d.folder or d.name)
+        if folder.is_absolute() or ".." in folder.parts:
+            raise ConfigError(f"{where}.folder: {d.folder!r} must be a path inside data_root")
+    for i, s in enumerate(cfg.scenarios):
+        if s.kind == "domain_incremental" and s.dataset in seen:
+            raise ConfigError(f"scenarios[{i}].kind: the declared dataset {s.dataset!r} has no domains; "
+                              f"domain_incremental needs one of {sorted(_NUM_DOMAINS)}")
 
 
 def _check_task_count(s: ScenarioConfig, where: str) -> None:

@@ -2,7 +2,9 @@
 
 Each unit of work writes its own Parquet file with ``write_unit``; the write is atomic (temporary
 file in the same directory, fsync, ``os.replace``), so a crash never leaves a partial file at the
-unit's path and ``unit_done`` can be trusted to skip finished units on a rerun. ``read_run``
+unit's path, and its sha256 goes to ``<unit>.sha256`` beside it: ``unit_done`` skips a finished
+unit on a rerun only when its bytes match (a damaged one is moved aside and redone), and
+``read_run`` names a damaged file instead of failing inside Arrow. ``read_run``
 concatenates every unit file of a run and refuses duplicate rows instead of dropping them.
 Paths may be local paths or pyarrow filesystem URIs (``s3://...?endpoint_override=...``,
 ``file://...``); every read and write goes through ``pipeline.storage``.
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import math
 import os
 import subprocess
@@ -194,19 +197,64 @@ def write_unit(rows: Sequence[Row | Mapping[str, Any]] | pd.DataFrame, path: str
     if not storage.split_query(path)[0].endswith(".parquet"):
         raise ValueError(f"unit path must end in .parquet: {storage.shown(path)}")
     with storage.atomic_output(path) as sink:
-        _write_parquet(table, sink)
+        digest = _DigestSink(sink)
+        _write_parquet(table, digest)
+    # after the part: a crash in between leaves a part without a sidecar, read unverified
+    storage.write_sidecar(path, digest.hexdigest())
+
+
+class _DigestSink:
+    """A write-only file that passes bytes on to ``sink`` and hashes them on the way."""
+
+    def __init__(self, sink: BinaryIO) -> None:
+        self.sink, self._hash, self.closed = sink, hashlib.sha256(), False
+
+    def write(self, data) -> int:
+        self._hash.update(data)
+        return self.sink.write(data)
+
+    def flush(self) -> None:
+        self.sink.flush()
+
+    def writable(self) -> bool:
+        return True
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
 
 
 def unit_done(path: str | os.PathLike[str]) -> bool:
-    """Whether the unit file at ``path`` exists (writes are atomic, so it is complete)."""
-    return storage.exists(path)
+    """Whether the unit file at ``path`` exists and is intact: writes are atomic, and a Parquet
+    part is checked against its ``.sha256`` sidecar (or, written before sidecars, parsed whole).
+    A damaged part is moved aside and said, and does not count: its scenario is run again."""
+    if not storage.exists(path):
+        return False
+    if not storage.split_query(path)[0].endswith(".parquet"):
+        return True
+    try:
+        _read_part(path)
+    except storage.DamagedFileError as err:
+        storage.discard(err, path, "its scenario will be run again")
+        return False
+    return True
+
+
+def _read_part(path: str | os.PathLike[str]) -> pa.Table:
+    """One Parquet part, checked against its digest; DamagedFileError naming it if it is not intact."""
+    data = storage.read_checked(path, "results file")
+    try:
+        return pq.read_table(pa.BufferReader(data))
+    except (pa.ArrowException, OSError, ValueError) as e:
+        raise storage.DamagedFileError(path, f"not a readable Parquet file: {e}") from e
 
 
 def read_run(run_dir: str | os.PathLike[str]) -> pd.DataFrame:
     """All rows of all unit files under ``run_dir`` (recursive ``*.parquet``, temp files ignored).
 
     Columns in ``SCHEMA`` order. Raises ValueError if a file does not match the schema or if the
-    same key appears twice (within or across files); FileNotFoundError if ``run_dir`` is absent.
+    same key appears twice (within or across files); ``storage.DamagedFileError`` (a ValueError,
+    one line naming the file; nothing is moved) if a file does not match its digest or does not
+    parse; FileNotFoundError if ``run_dir`` is absent.
     """
     try:
         files = storage.list_files(run_dir, ".parquet")
@@ -219,10 +267,11 @@ def read_run(run_dir: str | os.PathLike[str]) -> pd.DataFrame:
     tables = []
     sources: list[str] = []
     for f in files:
-        fs, p = storage.filesystem(f)
         where = storage.shown(storage.split_query(f)[0])  # named without options or credentials
-        with fs.open_input_file(p) as fh:
-            t = pq.read_table(fh)
+        try:
+            t = _read_part(f)
+        except storage.DamagedFileError as e:
+            raise storage.DamagedFileError(where, e.why) from None
         _check_columns(t.column_names, f" in {where}")
         t = t.select(list(COLUMNS))
         try:

@@ -42,14 +42,18 @@ DOMAIN_ORDERS = {"domainnet": DOMAINNET_DOMAINS, "imagenet_r": IMAGENET_R_DOMAIN
 IN_MEMORY_BYTES = 2 << 30
 
 
-def register_builtin_extras() -> None:
-    """Datasets that live outside the torchvision-backed registry (the demo world)."""
-    from pipeline.data import DATASETS
+def register_builtin_extras(cfg: BenchmarkConfig | None = None) -> None:
+    """Datasets that live outside the torchvision-backed registry: the demo world, and those
+    ``cfg`` declares (``datasets:``). Every process that reads data calls this with its config,
+    so neither needs shipping to Ray workers (Python registrations travel with the config)."""
+    from pipeline.data import registry
     from pipeline.data.demo_world import DEMO_TEMPLATES
-    from pipeline.data.image_folder import register_image_folder
+    from pipeline.data.image_folder import register_declared, register_image_folder
 
-    if "demo_shapes" not in DATASETS:
-        register_image_folder("demo_shapes", DEMO_TEMPLATES)
+    if "demo_shapes" not in registry.DATASETS:
+        register_image_folder("demo_shapes", DEMO_TEMPLATES, carry=False)
+    if cfg is not None and cfg.datasets:
+        register_declared(cfg.datasets)
 
 
 def _materialize(dataset: Dataset, batch_size: int = 512) -> TensorDataset:
@@ -296,6 +300,7 @@ def _subsample(targets: np.ndarray, per_class: int, seed: int) -> np.ndarray:
 
 def build_scenario(cfg: BenchmarkConfig, scenario: ScenarioConfig, device: str = "cpu") -> Scenario:
     """Load backbone and data and derive the head and task splits (cached per process)."""
+    register_builtin_extras(cfg)  # (here, not in the cached part: another config may have re-declared a name)
     return _build_cached(cfg, scenario, device)
 
 
@@ -427,7 +432,10 @@ def _cached_head(cfg: BenchmarkConfig, clip: Clip, classnames: Sequence[str], te
             digest.update(tensor.detach().float().cpu().numpy().tobytes())
     path = storage.join(cfg.storage, "heads", f"{digest.hexdigest()[:24]}.safetensors")
     if storage.exists(path):
-        return storage.read_tensors(path)["head"]
+        try:
+            return storage.read_tensors(path)["head"]
+        except storage.DamagedFileError as err:
+            storage.discard(err, path, "the head is computed again")
     head = zero_shot_head(clip, classnames, templates)
     storage.write_tensors({"head": head}, path, metadata={"classes": str(len(classnames))})
     return head

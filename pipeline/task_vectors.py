@@ -14,11 +14,10 @@ from typing import Mapping
 
 import torch
 
+# a damaged or non-safetensors weights file (a ``storage.DamagedFileError``); defined with the IO
+from pipeline.storage import CorruptCheckpointError  # noqa: F401
+
 StateDict = dict[str, torch.Tensor]
-
-
-class CorruptCheckpointError(ValueError):
-    """A safetensors file cannot be read; the message names the file."""
 
 
 def task_vector(theta: Mapping[str, torch.Tensor], theta0: Mapping[str, torch.Tensor]) -> StateDict:
@@ -89,7 +88,7 @@ class MappedTensors(Mapping[str, torch.Tensor]):
             self._file = safe_open(str(self.path), framework="pt")
             self._keys = list(self._file.keys())
         except (SafetensorError, OSError, ValueError) as err:
-            raise CorruptCheckpointError(f"{self.path} is not a readable safetensors file: {err}") from err
+            raise CorruptCheckpointError(self.path, f"not a readable safetensors file: {err}") from err
         self._known = set(self._keys)
 
     def shape(self, key: str) -> tuple[int, ...]:

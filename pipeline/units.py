@@ -76,6 +76,27 @@ def joint_spans_dataset(scenario: ScenarioConfig) -> bool:
 OFFICIAL_ORDER_DATASETS = ("imagenet_r", "cub200", "domainnet")
 
 
+def data_determinant(cfg: BenchmarkConfig, scenario: ScenarioConfig) -> tuple[str, dict]:
+    """What a key says about the data: ``("content", {"data": {dataset: fingerprint}})``, the
+    fingerprints of every dataset the scenario reads (pipeline.data.fingerprint), so the same
+    data anywhere shares checkpoints and changed data never does.
+
+    Where the content cannot be read the key holds data_root's path, exactly as keys did before
+    fingerprints: ``"path"`` for a data_root URI or a loader of another kind (then that is the
+    real key), ``"unknown"`` when a dataset is not registered or not under data_root here (a
+    ``--plan`` without the data: its cache state is unknown; a run checks the data first).
+    """
+    from pipeline.data import fingerprint
+    from pipeline.scenario import register_builtin_extras
+
+    register_builtin_extras(cfg)
+    fps = {name: fingerprint.dataset_fingerprint(name, cfg.data_root) for name in scenario.members}
+    if all(fp is not None and fp.startswith("sha256:") for fp in fps.values()):
+        return "content", {"data": fps}
+    data_root = cfg.data_root if "://" in cfg.data_root else str(Path(cfg.data_root).resolve())
+    return ("unknown" if None in fps.values() else "path"), {"data_root": data_root}
+
+
 def checkpoint_key(cfg: BenchmarkConfig, scenario: ScenarioConfig, mode: str) -> str:
     from pipeline.scenario import task_epochs
 
@@ -96,9 +117,8 @@ def checkpoint_key(cfg: BenchmarkConfig, scenario: ScenarioConfig, mode: str) ->
         recipe.update(ewc_lambda=f.ewc_lambda, ewc_fisher_batches=f.ewc_fisher_batches)
         if f.ewc_fisher != "empirical":  # (only then: existing empirical keys stay as they were)
             recipe["ewc_fisher"] = f.ewc_fisher
-    data_root = cfg.data_root if "://" in cfg.data_root else str(Path(cfg.data_root).resolve())
     determinants = {
-        "backbone": [cfg.model.backbone, cfg.model.pretrained], "data_root": data_root,
+        "backbone": [cfg.model.backbone, cfg.model.pretrained], **data_determinant(cfg, scenario)[1],
         "dataset": scenario.dataset, "kind": scenario.kind, "tasks": scenario.tasks,
         "class_order_seed": scenario.class_order_seed, "mode": mode, "recipe": recipe, "seed": cfg.seed,
     }

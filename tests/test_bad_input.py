@@ -316,7 +316,7 @@ def test_hard_kill_during_parquet_write_loses_and_duplicates_nothing(tmp_path):
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     assert not unit_done(second)  # nothing at the unit's path
-    leftovers = [p for p in _files(run) if p not in ("unit_a.parquet",)]
+    leftovers = [p for p in _files(run) if p not in ("unit_a.parquet", "unit_a.parquet.sha256")]
     assert len(leftovers) == 1 and leftovers[0].startswith(".unit_b.parquet.")  # the dead writer's temp
     assert sorted(read_run(run)["after_task"]) == [0, 0, 0]  # the temp file is not read as results
     # the rerun skips the finished unit and completes the other one

@@ -1,4 +1,4 @@
-"""Tests for pipeline.merging_newer's Breadcrumbs, DARE, Consensus (TALL masks) and LiNeS:
+"""Tests for pipeline.merging's Breadcrumbs, DARE, Consensus (TALL masks) and LiNeS:
 hand-computed cases from each paper's definition, properties, and bad inputs."""
 
 from __future__ import annotations
@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from pipeline.merging import task_arithmetic, ties
-from pipeline.merging_newer.breadcrumbs import breadcrumbs, breadcrumbs_mask
-from pipeline.merging_newer.consensus import consensus, tall_mask
-from pipeline.merging_newer.dare import dare, dare_drop
-from pipeline.merging_newer.lines import block_index, lines, lines_multitask_alpha, lines_scales
+from pipeline.merging.breadcrumbs import breadcrumbs, breadcrumbs_mask
+from pipeline.merging.consensus import consensus, tall_mask
+from pipeline.merging.dare import dare, dare_drop
+from pipeline.merging.lines import block_index, lines, lines_multitask_alpha, lines_scales
 
 
 def t(*vals: float, dtype: torch.dtype = torch.float32) -> torch.Tensor:

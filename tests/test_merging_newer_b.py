@@ -1,4 +1,4 @@
-"""Tests for TSV-M (pipeline.merging_newer.tsv) and Iso-C / Iso-CTS (pipeline.merging_newer.iso).
+"""Tests for TSV-M (pipeline.merging.tsv) and Iso-C / Iso-CTS (pipeline.merging.iso).
 
 Oracles: hand-computed 2x2 / 3x3 cases (diagonal matrices, rank-1 tasks at known angles whose
 nearest orthonormal frame is known in closed form) and an independent transcription of the
@@ -13,8 +13,8 @@ import math
 import pytest
 import torch
 
-from pipeline.merging_newer.iso import iso_c, iso_cts, iso_cts_split
-from pipeline.merging_newer.tsv import tsv_merge, tsv_rank
+from pipeline.merging.iso import iso_c, iso_cts, iso_cts_split
+from pipeline.merging.tsv import tsv_merge, tsv_rank
 
 D = torch.float64
 

@@ -1,4 +1,4 @@
-"""Tests for WUDI, OPCM and DOP (pipeline/merging_newer/{wudi,opcm,dop}.py).
+"""Tests for WUDI, OPCM and DOP (pipeline/merging/{wudi,opcm,dop}.py).
 
 Oracles: hand-computed optima and projections on 1x2 .. 4x4 matrices, and independent autograd
 transcriptions of each method's published loss/update on 3x2 matrices.
@@ -11,9 +11,9 @@ import math
 import pytest
 import torch
 
-from pipeline.merging_newer.dop import DOP, dop_merge_matrix, dop_rank, min_norm_2
-from pipeline.merging_newer.opcm import OPCM, opcm_project, split_rank
-from pipeline.merging_newer.wudi import wudi, wudi_objective
+from pipeline.merging.dop import DOP, dop_merge_matrix, dop_rank, min_norm_2
+from pipeline.merging.opcm import OPCM, opcm_project, split_rank
+from pipeline.merging.wudi import wudi, wudi_objective
 
 C_FC = "transformer.resblocks.0.mlp.c_fc.weight"
 IN_PROJ = "transformer.resblocks.0.attn.in_proj_weight"

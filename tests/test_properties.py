@@ -19,7 +19,7 @@ import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-import pipeline.merging as M
+import pipeline.merging.paper as M
 from pipeline.data.splits import class_incremental_splits, class_order, domain_incremental_tasks, task_indices
 
 PROPS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])

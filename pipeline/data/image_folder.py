@@ -7,7 +7,7 @@ the folder names with underscores read as spaces, labels follow sorted folder or
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from pipeline.data import registry
 from pipeline.data.registry import (
@@ -51,6 +51,27 @@ def image_folder_loader(folder: str, templates: Sequence[str] = DEFAULT_TEMPLATE
 
 
 def register_image_folder(name: str, templates: Sequence[str] = DEFAULT_TEMPLATES, *,
-                          folder: str | None = None, overwrite: bool = False) -> None:
-    """Register ``name`` as an ImageFolder dataset under ``root/<folder or name>``."""
-    register_dataset(name, image_folder_loader(folder or name, templates), overwrite=overwrite)
+                          folder: str | None = None, overwrite: bool = False, carry: bool = True) -> None:
+    """Register ``name`` as an ImageFolder dataset under ``root/<folder or name>``.
+
+    Called before the benchmark starts, the registration reaches every Ray worker with the config
+    (``register_dataset``). A config can declare the same without Python: ``datasets:`` (below).
+    """
+    register_dataset(name, image_folder_loader(folder or name, templates), overwrite=overwrite, carry=carry)
+
+
+def register_declared(declared: Iterable[Any]) -> None:
+    """Register the datasets a config declares (``BenchmarkConfig.datasets``) in this process.
+
+    Every process that builds a scenario calls this with its config, so a declared dataset needs
+    nothing shipped. A loader made from the same declaration is kept (so per-process caches keyed
+    by the loader stay valid); another declaration of the name replaces it.
+    """
+    for d in declared:
+        if d.kind != "image_folder":  # (the config accepts no other kind)
+            raise ValueError(f"datasets.{d.name}: unknown kind {d.kind!r}")
+        if getattr(registry.DATASETS.get(d.name), "declared", None) == d:
+            continue
+        loader = image_folder_loader(d.folder or d.name, tuple(d.templates))
+        loader.declared = d  # type: ignore[attr-defined]
+        register_dataset(d.name, loader, overwrite=True, carry=False)

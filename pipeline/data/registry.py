@@ -1123,16 +1123,43 @@ DATASETS: dict[str, Callable[..., DatasetBundle]] = {
 }
 
 
-def register_dataset(name: str, loader: Callable[..., DatasetBundle], *, overwrite: bool = False) -> None:
+# The datasets above: every process has them. What register_dataset adds exists only in the
+# process that called it, so the names it added with carry=True are remembered here and travel to
+# Ray workers with the config (BenchmarkConfig.__reduce__ -> carried_loaders / adopt_loaders).
+_CARRIED: set[str] = set()
+
+
+def register_dataset(
+    name: str, loader: Callable[..., DatasetBundle], *, overwrite: bool = False, carry: bool = True
+) -> None:
     """Add a dataset: `loader(root, train_transform, eval_transform, **options) -> DatasetBundle`.
 
-    Its templates come from the bundle the loader builds (see pipeline.data.templates).
+    Its templates come from the bundle the loader builds (see pipeline.data.templates). Registered
+    before the benchmark starts, it reaches every Ray worker that receives a config naming it (the
+    loader is pickled with the config, by value where it is a closure or lives in ``__main__``;
+    a loader in a module of its own must be importable on the workers). ``carry=False`` is for
+    registrations every process makes itself (the demo world, datasets a config declares).
     """
     if not callable(loader):
         raise TypeError(f"loader for {name!r} is not callable")
     if name in DATASETS and not overwrite:
         raise ValueError(f"dataset {name!r} is already registered (pass overwrite=True to replace it)")
     DATASETS[name] = loader
+    if carry:
+        _CARRIED.add(name)
+    else:
+        _CARRIED.discard(name)
+
+
+def carried_loaders(names: Sequence[str]) -> dict[str, Callable[..., DatasetBundle]]:
+    """The loaders of ``names`` that this process registered itself and Ray workers lack."""
+    return {n: DATASETS[n] for n in dict.fromkeys(names) if n in _CARRIED and n in DATASETS}
+
+
+def adopt_loaders(loaders: Mapping[str, Callable[..., DatasetBundle]]) -> None:
+    """Register loaders that came with a config from another process (replacing older ones)."""
+    for name, loader in loaders.items():
+        register_dataset(name, loader, overwrite=True)
 
 
 def load_dataset(

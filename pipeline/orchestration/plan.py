@@ -3,7 +3,9 @@
 A config expands into units (sequential, LwF and EWC chains, independent tasks, Joint) per
 scenario; units that determine the same checkpoints (same content address and tasks) appear
 once however many scenarios or tables ask for them. ``--plan`` prints this without starting Ray
-or reading any dataset, with an estimate of the GPU-hours left. The estimate's throughputs are
+or decoding an image, with an estimate of the GPU-hours left; it lists each dataset's files to
+fingerprint it (checkpoints are keyed by content), and where a dataset is not there it says the
+cache state is unknown. The estimate's throughputs are
 assumptions (``ASSUMED_THROUGHPUT``, overridable in the config), not measurements.
 """
 
@@ -14,7 +16,7 @@ from dataclasses import dataclass, field
 from pipeline.storage import CheckpointStore, join
 from pipeline.storage import name as storage_name
 from pipeline.config import BenchmarkConfig, ScenarioConfig, scenario_methods
-from pipeline.units import ChainUnit
+from pipeline.units import ChainUnit, data_determinant
 
 # which fine-tuning mode each method needs
 MODE_METHODS: dict[str, set[str]] = {
@@ -89,6 +91,9 @@ class PlannedUnit:
     folder: str                       # content-addressed checkpoint folder
     cached: list[int]                 # outputs already in the folder
     scenarios: list[str] = field(default_factory=list)   # every scenario label that uses it
+    # how the folder's key names the data (units.data_determinant): "content" (fingerprints),
+    # "path" (data_root URI: the real key), "unknown" (data not here: keyed by path, cache state unknown)
+    data: str = "content"
 
     @property
     def done(self) -> bool:
@@ -195,6 +200,7 @@ def build_plan(cfg: BenchmarkConfig) -> Plan:
     by_id: dict[tuple[str, tuple[str, tuple[int, ...]]], PlannedUnit] = {}
     requested = 0
     for scenario in cfg.scenarios:
+        basis = data_determinant(cfg, scenario)[0]
         for unit in scenario_units(cfg, scenario, num_tasks(scenario)):
             requested += 1
             key = unit.key(cfg)
@@ -202,11 +208,30 @@ def build_plan(cfg: BenchmarkConfig) -> Plan:
             if planned is None:
                 folder = join(ckpt_root, key)
                 store = CheckpointStore(folder)
-                planned = PlannedUnit(unit, folder, [t for t in unit.outputs if store.has(t)])
+                # without the data the key is only a stand-in: what its folder holds says nothing
+                cached = [] if basis == "unknown" else [t for t in unit.outputs if store.has(t)]
+                planned = PlannedUnit(unit, folder, cached, data=basis)
                 by_id[(key, unit.identity)] = planned
             planned.scenarios.append(scenario.label)
     done = {s.label: scenario_done(run_dir, s) for s in cfg.scenarios}
     return Plan(cfg, list(by_id.values()), requested, done)
+
+
+def verify_cached(plan: Plan) -> int:
+    """Check every cached checkpoint that a scenario still to run will read, byte for byte,
+    against its digest (``build_plan`` looked at headers and sizes only). A damaged one is moved
+    aside and said in one line, and its unit becomes pending: this run fine-tunes it again.
+    Returns how many were damaged. Costs one read of each such file (sha256 at ~1.5 GB/s), and
+    the runner's own reads of them in this process then skip the hash."""
+    damaged = 0
+    for u in plan.units:
+        if all(plan.scenarios_done.get(label, False) for label in u.scenarios):
+            continue  # nothing will read it in this run
+        store = CheckpointStore(u.folder)
+        intact = [t for t in u.cached if store.verify(t)]
+        damaged += len(u.cached) - len(intact)
+        u.cached = intact
+    return damaged
 
 
 def format_plan(plan: Plan) -> str:
@@ -219,8 +244,11 @@ def format_plan(plan: Plan) -> str:
     for u in plan.units:
         n = u.images_left(cfg)
         hours = "?" if n is None else f"{n / train_rate / 3600:.2f}"
+        cached = "?" if u.data == "unknown" else str(len(u.cached))
+        where = {"content": "", "path": "  (keyed by data_root's path)",
+                 "unknown": "  (data not found: cache state unknown)"}[u.data]
         lines.append(f"{u.unit.label:<40} {len(u.unit.outputs):>5} "
-                     f"{len(u.cached):>3}/{len(u.unit.outputs):<3} {hours:>10}  {storage_name(u.folder)}")
+                     f"{cached:>3}/{len(u.unit.outputs):<3} {hours:>10}  {storage_name(u.folder)}{where}")
     train_h, eval_h, unknown = plan.gpu_hours_left()
     pending = plan.pending
     lines += ["",
@@ -233,6 +261,14 @@ def format_plan(plan: Plan) -> str:
               f"eval images/s per GPU"]
     if unknown:
         lines.append(f"(no size known for {', '.join(unknown)}: not in the estimate)")
+    missing = sorted({d for u in plan.units if u.data == "unknown" for d in u.unit.scenario.members})
+    if missing:
+        lines.append(f"(cache state unknown for {sum(u.data == 'unknown' for u in plan.units)} units: "
+                     f"{', '.join(missing)} not found (or not registered) under data_root {cfg.data_root} here, and checkpoints "
+                     f"are keyed by their data's content; counted as still to fine-tune)")
+    if any(u.data == "path" for u in plan.units):
+        lines.append("(units keyed by data_root's path: their data is at a URI or of a kind without a "
+                     "content fingerprint; the same data elsewhere is trained again)")
     return "\n".join(lines)
 
 

@@ -31,6 +31,8 @@ from pipeline.orchestration.plan import (
     Plan,
     build_plan,
     scenario_dir,
+    scenario_done,
+    verify_cached,
 )
 from pipeline.results import code_version, make_rows, read_run, write_unit
 from pipeline.task_vectors import task_vector
@@ -103,15 +105,21 @@ def check_datasets(cfg: BenchmarkConfig) -> None:
     """Every dataset the config reads is registered and laid out as its loader expects.
 
     The loaders list files and read metadata without decoding images, so this costs seconds, and
-    a missing dataset is reported before Ray starts rather than from inside a Train worker. A
-    ``data_root`` URI is left to the workers.
+    a missing dataset is reported before Ray starts rather than from inside a Train worker. Each
+    dataset's content fingerprint (file list with sizes, or array digests) is taken from the same
+    load, for the checkpoint keys and the run's identity. A ``data_root`` URI is left to the workers.
     """
-    from pipeline.data import DATASETS, DatasetNotFoundError, load_dataset
+    from pipeline.data import DatasetNotFoundError, fingerprint, load_dataset, registry
     from pipeline.scenario import register_builtin_extras
 
     if "://" in cfg.data_root:
         return
-    register_builtin_extras()
+    DATASETS = registry.DATASETS  # (the registry's current table, also where a test replaced it)
+    twice = sorted(registry.carried_loaders([d.name for d in cfg.datasets]))
+    if twice:
+        raise DataCheckError(f"datasets.{twice[0]}: declared in the config and also registered in Python "
+                             f"(register_dataset); keep one of the two")
+    register_builtin_extras(cfg)
     seen: set[str] = set()
     for i, s in enumerate(cfg.scenarios):
         for name in s.members:
@@ -120,37 +128,105 @@ def check_datasets(cfg: BenchmarkConfig) -> None:
             seen.add(name)
             if name not in DATASETS:
                 where = f"scenarios[{i}].dataset" + ("s" if s.kind == "multi_dataset" else "")
-                raise DataCheckError(f"{where}: unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}")
+                raise DataCheckError(f"{where}: unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))} "
+                                     f"(declare your own under `datasets:` or register it in Python)")
             try:
-                load_dataset(name, Path(cfg.data_root))
+                fingerprint.remember(name, cfg.data_root, load_dataset(name, Path(cfg.data_root)))
             except DatasetNotFoundError as err:
                 raise DataCheckError(f"data_root={cfg.data_root}: {err}") from None
 
 
+# <run>/data.json: the fingerprints of the data the run's results were computed on
+DATA_RECORD = "data.json"
+
+
+def _data_fingerprints(cfg: BenchmarkConfig) -> dict[str, str | None]:
+    """Each dataset's fingerprint (pipeline.data.fingerprint; None: not here)."""
+    from pipeline.data import fingerprint
+    from pipeline.scenario import register_builtin_extras
+
+    register_builtin_extras(cfg)
+    names = dict.fromkeys(n for s in cfg.scenarios for n in s.members)
+    return {n: fingerprint.dataset_fingerprint(n, cfg.data_root) for n in names}
+
+
+def _read_data_record(run_dir: str) -> dict[str, str] | None:
+    path = storage.join(run_dir, DATA_RECORD)
+    if not storage.exists(path):
+        return None
+    try:
+        record = json.loads(storage.read_text(path))["fingerprints"]
+        return {str(k): str(v) for k, v in record.items()}
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        raise ConfigError(f"{path} is not a data record this version can read ({err}); choose another "
+                          f"name= or storage=, or delete that run folder") from err
+
+
+def record_data(cfg: BenchmarkConfig, run_dir: str) -> None:
+    """Write the run's data record once every dataset's fingerprint is known (unchanged: not rewritten)."""
+    fps = redact(_data_fingerprints(cfg))
+    if None in fps.values():
+        return
+    saved = _read_data_record(run_dir) or {}
+    if any(saved.get(n) != fp for n, fp in fps.items()):
+        text = json.dumps({"fingerprints": {**saved, **fps}}, indent=2, sort_keys=True)
+        storage.write_text(storage.join(run_dir, DATA_RECORD), text)
+
+
 def _result_identity(cfg: BenchmarkConfig) -> dict:
-    """The config minus what cannot change results (how Ray runs it)."""
+    """The config minus what cannot change results: how Ray runs it, where storage and data are
+    (the data's content is compared through the run's data record instead)."""
     tree = to_dict(cfg)
     tree.pop("ray")
     tree.pop("storage")  # a run folder copied or mounted elsewhere is the same run
+    tree.pop("data_root")  # the same data under another path is the same data
+    for entry in tree["datasets"]:
+        entry.pop("folder")  # (where a declared dataset lies under data_root: its content counts)
     return tree
 
 
 def check_run_dir(cfg: BenchmarkConfig, run_dir: str) -> None:
-    """Refuse to mix results of two configs under one run name (a rerun would skip stale parts)."""
+    """Refuse to mix results of two configs, or of two versions of the data, under one run name
+    (a rerun would skip stale parts). The data is compared by content fingerprint where both the
+    run's record and the data here are known; a run from before data records, by data_root."""
     path = storage.join(run_dir, "config.yaml")
     if not storage.exists(path):
         return
     try:
         # through the config classes, so keys added since (with their defaults) are no difference
-        saved = redact(_result_identity(from_dict(yaml.safe_load(storage.read_text(path)) or {})))
+        saved_cfg = from_dict(yaml.safe_load(storage.read_text(path)) or {})
     except ConfigError as err:
         raise ConfigError(f"{path} is not a config this version can read ({err}); choose another name= "
                           f"or storage=, or delete that run folder") from err
+    saved = redact(_result_identity(saved_cfg))
     mine = redact(_result_identity(cfg))  # config.yaml is saved with URI credentials redacted
-    if saved != mine:
-        diff = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k))
+    diff = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k))
+    record = _read_data_record(run_dir)
+    if record is None:
+        if redact(saved_cfg.data_root) != redact(cfg.data_root):
+            diff.append("data_root")
+    else:
+        fps = redact(_data_fingerprints(cfg))
+        diff += [f"data of {n}" for n, fp in fps.items() if fp is not None and n in record and record[n] != fp]
+    if diff:
         raise ConfigError(f"{run_dir} holds results of a different config (differs in {diff}); "
                           f"choose another name= or storage=, or delete that run folder")
+
+
+def _save_config(cfg: BenchmarkConfig, run_dir: str) -> None:
+    """Write ``config.yaml`` (credentials redacted) unless the saved one already says the same.
+    Where storage or data live is not part of what the run is, so a run folder moved or copied
+    elsewhere (possibly read-only) keeps its file untouched."""
+    path, text = storage.join(run_dir, "config.yaml"), config_yaml(cfg)
+    if storage.exists(path):
+        old = storage.read_text(path)
+        if old == text:
+            return
+        where = ("storage", "data_root")
+        strip = lambda t: {k: v for k, v in (yaml.safe_load(t) or {}).items() if k not in where}  # noqa: E731
+        if strip(old) == strip(text):
+            return
+    storage.write_text(path, text)
 
 
 def run_benchmark(cfg: BenchmarkConfig, log: Log = print) -> dict[str, Any]:
@@ -158,17 +234,24 @@ def run_benchmark(cfg: BenchmarkConfig, log: Log = print) -> dict[str, Any]:
     start = time.time()
     cfg = resolve_paths(cfg)
     run_dir = storage.join(cfg.storage, cfg.name)
+    work = not all(scenario_done(run_dir, s) for s in cfg.scenarios)
+    if work:
+        # the data before anything else: its fingerprints are part of the run's identity and of
+        # every checkpoint key (a finished run needs no data: what is not here is not compared)
+        prepare_data(cfg, log)
+        check_datasets(cfg)
     check_run_dir(cfg, run_dir)
-    saved_config, text = storage.join(run_dir, "config.yaml"), config_yaml(cfg)  # credentials redacted
-    if not storage.exists(saved_config) or storage.read_text(saved_config) != text:
-        storage.write_text(saved_config, text)  # (unchanged: not rewritten, so read-only storage works)
+    _save_config(cfg, run_dir)
+    record_data(cfg, run_dir)
     plan = build_plan(cfg)
     failures: list[dict[str, str]] = []
     if all(plan.scenarios_done.values()):
         log(f"{cfg.name}: every scenario's results exist under {run_dir}; nothing to do")
     else:
-        prepare_data(cfg, log)
-        check_datasets(cfg)
+        verify_cached(plan)  # a damaged checkpoint is moved aside and fine-tuned again below
+        if not work:  # (results went missing after the check above)
+            prepare_data(cfg, log)
+            check_datasets(cfg)
         init_ray(cfg, log)
         outcomes = fit_units(cfg, plan, log)
         for s in cfg.scenarios:
@@ -180,7 +263,8 @@ def run_benchmark(cfg: BenchmarkConfig, log: Log = print) -> dict[str, Any]:
                  if storage.exists(storage.join(scenario_dir(run_dir, s), "final.parquet"))]
     summary = dict(summaries[0]) if summaries else {}
     summary["wall_seconds"] = round(time.time() - start, 1)
-    summary["fine_tuned_tasks"] = sum(len(u.unit.outputs) - len(u.cached) for u in plan.pending)
+    summary["fine_tuned_tasks"] = 0 if all(plan.scenarios_done.values()) else \
+        sum(len(u.unit.outputs) - len(u.cached) for u in plan.pending)
     summary["failures"] = failures
     try:
         storage.write_text(storage.join(run_dir, "summary.json"), json.dumps(summary, indent=2))

@@ -38,7 +38,7 @@ from typing import Any
 
 import torch
 
-from pipeline.merging import TaskVector, _acc_dtype, _as_list, _validate, ties
+from pipeline.merging.paper import TaskVector, _acc_dtype, _as_list, _validate, ties
 
 __all__ = ["consensus", "tall_mask", "CONSENSUS_BASES"]
 

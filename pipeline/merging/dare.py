@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 
-from pipeline.merging import TaskVector, _acc_dtype, _as_list, _key_seed, _validate, ties
+from pipeline.merging.paper import TaskVector, _acc_dtype, _as_list, _key_seed, _validate, ties
 
 __all__ = ["dare", "dare_drop", "DARE_BASES"]
 

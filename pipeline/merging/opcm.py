@@ -35,8 +35,8 @@ from collections.abc import Mapping
 
 import torch
 
-from pipeline.merging import TaskVector
-from pipeline.merging_newer._matrix_rules import (
+from pipeline.merging.paper import TaskVector
+from pipeline.merging._matrix_rules import (
     MatrixFilter,
     RunningState,
     check_device,

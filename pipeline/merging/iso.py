@@ -15,8 +15,8 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from pipeline.merging import TaskVector, _as_list, _validate
-from pipeline.merging_newer.tsv import (
+from pipeline.merging.paper import TaskVector, _as_list, _validate
+from pipeline.merging.tsv import (
     check_fraction,
     compute_dtype,
     is_matrix,

@@ -35,8 +35,8 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 
 import torch
 
-from pipeline.merging import TaskVector, _as_list, _validate
-from pipeline.merging_newer._matrix_rules import (
+from pipeline.merging.paper import TaskVector, _as_list, _validate
+from pipeline.merging._matrix_rules import (
     check_device,
     check_int,
     check_positive,
