@@ -216,6 +216,9 @@ def update_consistency(
 # --------------------------------------------------------------------------------------------
 # Layer-wise magnitudes (Figure 12)
 
+# Figure 2's pruning grid: the share of each task vector's entries kept
+PRUNE_KEEP: tuple[float, ...] = (0.01, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 1.0)
+
 _BLOCK_RE = re.compile(r"(?:^|\.)(?:resblocks|blocks|layers?)\.(\d+)(?:\.|$)")
 _LN_RE = re.compile(r"(?:^|\.)(?:ln_\w+|ln\d*|norm\d*|layer_?norm\w*)(?:\.|$)")
 _EMBED_NAMES = ("conv1", "class_embedding", "positional_embedding", "patch_embed", "pos_embed", "cls_token", "token_embedding")

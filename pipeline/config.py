@@ -18,6 +18,8 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
+from pipeline import methods
+
 
 class ConfigError(ValueError):
     """A config key is unknown, mistyped or out of range; the message names the key."""
@@ -137,6 +139,7 @@ class BenchmarkConfig:
     name: str = "demo"
     profile: str = "full"            # full | tiny: the same scenarios, methods and analyses on the tiny CLIP and generated data (PROFILES)
     seed: int = 5
+    seeds: tuple[int, ...] = ()      # several: the whole plan once per seed, reported as mean ± std (replaces seed)
     data_root: str = "data"
     storage: str = "results"
     demo_data: bool = False          # generate the demo world into data_root if missing
@@ -207,16 +210,6 @@ PROFILES: dict[str, dict[str, Any]] = {
 KNOWN_ANALYSES = ("pruning", "kth_magnitude", "update_consistency", "contributions", "leave_one_out",
                   "layer_magnitudes", "entry_histograms")
 
-
-KNOWN_METHODS = ("zero_shot", "joint", "seq_ft", "ind_ft", "lwf", "ewc", "randmix", "maxabs", "avg",
-                 "ties", "magmax", "task_arithmetic", "lwf_magmax", "ewc_magmax",
-                 # Table 4's merges of sequential fine-tunings and Table 6's MagMax over chains
-                 # whose task t starts from θ_1; results rows name them randmix/seq ... magmax/first
-                 "randmix_seq", "avg_seq", "ties_seq", "magmax_first")
-
-
-# merges whose λ the Tune sweep (Figure 9) can vary
-SWEEPABLE_METHODS = tuple(m for m in KNOWN_METHODS if m not in ("zero_shot", "joint", "seq_ft", "ind_ft", "lwf", "ewc"))
 
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
@@ -399,8 +392,8 @@ def validate(cfg: BenchmarkConfig) -> BenchmarkConfig:
     if not 0.0 < m.ties_top_k <= 1.0:
         raise ConfigError(f"merge.ties_top_k: {m.ties_top_k} is outside (0, 1]")
     for i, name in enumerate(cfg.methods):
-        if name not in KNOWN_METHODS:
-            raise ConfigError(f"methods[{i}]: unknown method {name!r}; known: {list(KNOWN_METHODS)}")
+        if name not in methods.known():
+            raise ConfigError(f"methods[{i}]: unknown method {name!r}; known: {methods.known()}")
     for i, s in enumerate(cfg.scenarios):
         if s.kind not in SCENARIO_KINDS:
             raise ConfigError(f"scenarios[{i}].kind: {s.kind!r} is not one of {', '.join(SCENARIO_KINDS)}")
@@ -408,8 +401,8 @@ def validate(cfg: BenchmarkConfig) -> BenchmarkConfig:
             raise ConfigError(f"scenarios[{i}].datasets: only a multi_dataset scenario reads several datasets "
                               f"(this one is {s.kind}; its dataset is scenarios[{i}].dataset)")
         for j, name in enumerate(s.methods):
-            if name not in KNOWN_METHODS:
-                raise ConfigError(f"scenarios[{i}].methods[{j}]: unknown method {name!r}; known: {list(KNOWN_METHODS)}")
+            if name not in methods.known():
+                raise ConfigError(f"scenarios[{i}].methods[{j}]: unknown method {name!r}; known: {methods.known()}")
         if s.kind == "multi_dataset" and "joint" in scenario_methods(cfg, s) and cfg.finetune.epochs == 0:
             raise ConfigError(f"methods: joint on the multi_dataset scenario {s.label!r} needs finetune.epochs > 0 "
                               f"(its datasets have different default epochs)")
@@ -424,9 +417,11 @@ def validate(cfg: BenchmarkConfig) -> BenchmarkConfig:
     if not 0.0 < m.sign_conflict_top_k <= 1.0:
         raise ConfigError(f"merge.sign_conflict_top_k: {m.sign_conflict_top_k} is outside (0, 1]")
     for i, name in enumerate(m.sweep_methods):
-        if name not in SWEEPABLE_METHODS:
+        if name not in methods.sweepable():
             raise ConfigError(f"merge.sweep_methods[{i}]: {name!r} is not a merge with a λ to sweep; "
-                              f"choose from {list(SWEEPABLE_METHODS)}")
+                              f"choose from {methods.sweepable()}")
+    if len(set(cfg.seeds)) != len(cfg.seeds):
+        raise ConfigError(f"seeds: each seed once, got {list(cfg.seeds)}")
     f = cfg.finetune
     if f.lr <= 0:
         raise ConfigError(f"finetune.lr: must be > 0, got {f.lr}")

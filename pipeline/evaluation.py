@@ -6,7 +6,7 @@ because the prediction is task-agnostic and only the grouping of samples differs
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Iterable
 
 import numpy as np
 import torch
@@ -36,19 +36,3 @@ def accuracy(preds: np.ndarray, labels: np.ndarray) -> float:
     if len(labels) == 0:
         return float("nan")
     return float((preds == labels).mean() * 100.0)
-
-
-def per_task_accuracy(preds: np.ndarray, labels: np.ndarray,
-                      task_classes: Sequence[Sequence[int]]) -> list[float]:
-    """Accuracy (%) on the test samples of each task's classes, predictions being task-agnostic."""
-    out = []
-    for classes in task_classes:
-        mask = np.isin(labels, np.asarray(list(classes)))
-        out.append(accuracy(preds[mask], labels[mask]))
-    return out
-
-
-def per_domain_accuracy(preds: np.ndarray, labels: np.ndarray, domains: np.ndarray,
-                        order: Sequence[str]) -> list[float]:
-    """Accuracy (%) per domain, for domain-incremental scenarios."""
-    return [accuracy(preds[domains == d], labels[domains == d]) for d in order]

@@ -7,9 +7,11 @@ are never used.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
-__all__ = ["average_accuracy", "forgetting", "first_task_forgetting", "seen_average_per_row"]
+__all__ = ["paired_difference", "forgetting", "first_task_forgetting", "seen_average_per_row"]
 
 
 def _as_matrix(matrix: np.ndarray | list) -> np.ndarray:
@@ -25,13 +27,6 @@ def _as_matrix(matrix: np.ndarray | list) -> np.ndarray:
     if not np.all(np.isfinite(lower)):
         raise ValueError("accuracy matrix has non-finite entries on or below the diagonal")
     return m
-
-
-def average_accuracy(matrix: np.ndarray | list) -> float:
-    """Mean of the last row over the tasks seen so far (columns 0..R-1)."""
-    m = _as_matrix(matrix)
-    r = m.shape[0] - 1
-    return float(m[r, : r + 1].mean())
 
 
 def forgetting(matrix: np.ndarray | list) -> np.ndarray:
@@ -59,3 +54,18 @@ def seen_average_per_row(matrix: np.ndarray | list) -> np.ndarray:
     """Mean of row r over tasks 0..r for every r (the last column of the paper's Figure 4)."""
     m = _as_matrix(matrix)
     return np.array([m[r, : r + 1].mean() for r in range(m.shape[0])], dtype=np.float64)
+
+
+def paired_difference(a: Sequence[float], b: Sequence[float]) -> tuple[float, float | None]:
+    """Mean of ``a - b`` over paired runs (seeds) and the two-sided paired t-test p-value
+    (None with fewer than two pairs, or when every difference is the same, where the t statistic
+    is undefined)."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"paired samples must be two equal-length 1-D sequences, got {a.shape} and {b.shape}")
+    d = a - b
+    if len(d) < 2 or np.all(d == d[0]):
+        return float(d.mean()) if len(d) else float("nan"), None
+    from scipy import stats
+
+    return float(d.mean()), float(stats.ttest_rel(a, b).pvalue)

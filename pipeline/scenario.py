@@ -18,6 +18,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, RandomSampler, 
 from pipeline.config import BenchmarkConfig, ModelConfig, ScenarioConfig
 from pipeline.data import DatasetBundle, load_dataset
 from pipeline.data.augment import PreCrop, SeededCrop, augmented_subset, hold_precrop, precrop_bytes, seeded_crop_from
+from pipeline.data.decoded_cache import cache_bundle, cache_mode, device_crop_subset
 from pipeline.data.splits import (
     DOMAINNET_DOMAINS,
     IMAGENET_R_DOMAINS,
@@ -135,8 +136,11 @@ class GlobalBatches:
         self.order = EpochShuffle(dataset, seed)
         self.batch_size, self.rank, self.world = int(batch_size), int(rank), int(world)
         self._parts: list[list[int]] = []
+        # decoded cache, GPU crops (pipeline/data/decoded_cache.py): the dataset pads its uint8
+        # batches itself and ``finish`` crops them on the device; other datasets: None, unchanged
+        self._finish = getattr(dataset, "finish", None)
         self.loader = DataLoader(dataset, batch_sampler=_PartSampler(self), num_workers=workers,
-                                 persistent_workers=False)
+                                 persistent_workers=False, collate_fn=getattr(dataset, "collate", None))
 
     def set_epoch(self, epoch: int) -> None:
         self.order.set_epoch(epoch)
@@ -159,6 +163,8 @@ class GlobalBatches:
         for size, part in zip(sizes, parts):
             if part:
                 images, labels = next(loaded)
+                if self._finish is not None:  # decoded cache: crop + normalise on the device
+                    images = self._finish(images)
                 yield Part(images, torch.as_tensor(labels), size)
             else:
                 yield Part(None, None, size)
@@ -196,11 +202,6 @@ class Scenario:
     @property
     def multi_dataset(self) -> bool:
         return self.scenario.kind == "multi_dataset"
-
-    @property
-    def epochs(self) -> int:
-        """Epochs per task of a single-dataset scenario (``epochs_for`` covers every kind)."""
-        return self.epochs_for(None)
 
     def epochs_for(self, task: int | None) -> int:
         """Epochs of ``task`` (None: the joint run): finetune.epochs, else its dataset's default."""
@@ -240,7 +241,11 @@ class Scenario:
         if len(tasks) > 1:
             # Joint: the union in dataset order, so its batches do not depend on how it is split
             idx = np.sort(idx)
-        subset = augmented_subset(self.data.train, idx.tolist(), seed, train_crop(self.cfg, self.clip))
+        crop = train_crop(self.cfg, self.clip)
+        # opt-in decoded cache in mode gpu (pipeline/data/decoded_cache.py): crops run per batch on the GPU
+        subset = device_crop_subset(self.data.train, idx.tolist(), seed, crop)
+        if subset is None:
+            subset = augmented_subset(self.data.train, idx.tolist(), seed, crop)
         return GlobalBatches(subset, seed, batch_size, rank, world, workers)
 
     def test_loader(self, batch_size: int, workers: int = 0) -> DataLoader:
@@ -298,10 +303,10 @@ def _subsample(targets: np.ndarray, per_class: int, seed: int) -> np.ndarray:
     return np.sort(np.concatenate(keep))
 
 
-def build_scenario(cfg: BenchmarkConfig, scenario: ScenarioConfig, device: str = "cpu") -> Scenario:
+def build_scenario(cfg: BenchmarkConfig, scenario: ScenarioConfig) -> Scenario:
     """Load backbone and data and derive the head and task splits (cached per process)."""
     register_builtin_extras(cfg)  # (here, not in the cached part: another config may have re-declared a name)
-    return _build_cached(cfg, scenario, device)
+    return _build_cached(cfg, scenario)
 
 
 def _decoded_bytes(dataset: Dataset) -> int:
@@ -319,6 +324,15 @@ def train_crop(cfg: BenchmarkConfig, clip: Clip) -> SeededCrop | None:
 
 
 def _load(cfg: BenchmarkConfig, name: str, clip: Clip) -> DatasetBundle:
+    """``_load_plain``, then (opt-in, ``MAGMAX_DECODED_CACHE``) its on-disk splits replaced by
+    their node-local decoded caches (pipeline/data/decoded_cache.py); off by default."""
+    data = _load_plain(cfg, name, clip)
+    if cache_mode() == "off":
+        return data
+    return cache_bundle(data, train_crop(cfg, clip), clip.eval_transform, workers=cfg.finetune.loader_workers)
+
+
+def _load_plain(cfg: BenchmarkConfig, name: str, clip: Clip) -> DatasetBundle:
     """A dataset with eval-transformed test images and, under finetune.train_transform=train,
     uncropped uint8 train images (``PreCrop``; ``AugmentedSubset`` crops them per sample).
 
@@ -343,7 +357,7 @@ def _load(cfg: BenchmarkConfig, name: str, clip: Clip) -> DatasetBundle:
 
 
 @functools.lru_cache(maxsize=4)
-def _build_cached(cfg: BenchmarkConfig, scenario: ScenarioConfig, device: str) -> Scenario:
+def _build_cached(cfg: BenchmarkConfig, scenario: ScenarioConfig) -> Scenario:
     register_builtin_extras()
     clip = load_clip_from_config(cfg.model)
     if scenario.kind == "multi_dataset":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.metrics import average_accuracy, first_task_forgetting, forgetting, seen_average_per_row
+from pipeline.metrics import first_task_forgetting, forgetting, seen_average_per_row
 
 NAN = float("nan")
 
@@ -17,13 +17,6 @@ MATRIX = np.array(
         [85.0, 60.0, 50.0],
     ]
 )
-
-
-def test_average_accuracy():
-    assert average_accuracy(MATRIX) == pytest.approx((85 + 60 + 50) / 3)
-    assert average_accuracy([[42.0]]) == 42.0
-    # a partial run (2 of 3 tasks so far) averages over the tasks seen
-    assert average_accuracy(MATRIX[:2]) == pytest.approx(75.0)
 
 
 def test_forgetting():
@@ -53,9 +46,9 @@ def test_seen_average_per_row():
 
 def test_validation():
     with pytest.raises(ValueError):
-        average_accuracy(np.zeros(3))
+        forgetting(np.zeros(3))
     with pytest.raises(ValueError):
-        average_accuracy(np.zeros((3, 2)))
+        forgetting(np.zeros((3, 2)))
     with pytest.raises(ValueError):
         forgetting(np.array([[NAN, NAN], [1.0, 2.0]]))
     with pytest.raises(ValueError):

@@ -4,7 +4,7 @@ A scenario asks for them with ``scenarios[i].analyses`` (``ANALYSES``); the runn
 ``figure_rows`` once per scenario with the task vectors it already holds. Analyses that need
 accuracies (pruning, k-th magnitude, leave-one-out) evaluate their merged vectors with the same
 evaluation tasks as the accuracy matrices; the others are pure tensor statistics. The row
-layouts are those of ``pipeline.report``'s "Row vocabulary" (its ``*_entries`` helpers build most).
+layouts are those of ``pipeline.report``'s "Row vocabulary" (``pipeline.analysis_rows`` builds most).
 """
 
 from __future__ import annotations
@@ -14,7 +14,14 @@ from typing import Any, Callable, Mapping, Sequence
 import ray
 import torch
 
-from pipeline import analysis, merging, report
+from pipeline import analysis, merging
+from pipeline.analysis import PRUNE_KEEP
+from pipeline.analysis_rows import (
+    consistency_entries,
+    contribution_entries,
+    histogram_entries,
+    layer_magnitude_entries,
+)
 from pipeline.config import BenchmarkConfig, ScenarioConfig
 
 ANALYSES: dict[str, str] = {
@@ -27,7 +34,6 @@ ANALYSES: dict[str, str] = {
     "entry_histograms": "Figure 13: distributions of task-vector entries",
 }
 # Figure 2's x axis: shares of the entries kept
-PRUNE_KEEP: tuple[float, ...] = (0.01, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 1.0)
 
 TaskVector = dict[str, torch.Tensor]
 Evaluate = Callable[[list[tuple[str, Any, float]]], list[tuple[float, list[float]]]]
@@ -92,11 +98,11 @@ def figure_rows(cfg: BenchmarkConfig, scenario: ScenarioConfig, tvs: Mapping[str
 
     if "update_consistency" in wanted and "seq" in modes:
         for t in range(len(tvs["seq"])):
-            rows += report.consistency_entries(analysis.update_consistency(tvs["seq"], reference=t), after_task=t)
+            rows += consistency_entries(analysis.update_consistency(tvs["seq"], reference=t), after_task=t)
 
     if "contributions" in wanted:
         for mode in modes:
-            rows += report.contribution_entries(analysis.contributions(tvs[mode]), finetuning=mode)
+            rows += contribution_entries(analysis.contributions(tvs[mode]), finetuning=mode)
 
     if "leave_one_out" in wanted:
         for mode in modes:
@@ -112,14 +118,14 @@ def figure_rows(cfg: BenchmarkConfig, scenario: ScenarioConfig, tvs: Mapping[str
         running = merging.RunningMagMax()
         for t, tv in enumerate(tvs["seq"]):
             running.add(tv)
-            rows += report.layer_magnitude_entries(analysis.mean_magnitude_by_layer(running.value), after_task=t)
+            rows += layer_magnitude_entries(analysis.mean_magnitude_by_layer(running.value), after_task=t)
 
     if "entry_histograms" in wanted:
         for mode in modes:
             edges = analysis.histogram_edges(tvs[mode])
             for t, tv in enumerate(tvs[mode]):
-                rows += report.histogram_entries(analysis.entry_histogram(tv, edges), method="task_vector",
-                                                 finetuning=mode, after_task=t)
-            rows += report.histogram_entries(analysis.entry_histogram(merging.magmax(list(tvs[mode])), edges),
-                                             method="magmax", finetuning=mode, after_task=last[mode])
+                rows += histogram_entries(analysis.entry_histogram(tv, edges), method="task_vector",
+                                          finetuning=mode, after_task=t)
+            rows += histogram_entries(analysis.entry_histogram(merging.magmax(list(tvs[mode])), edges),
+                                      method="magmax", finetuning=mode, after_task=last[mode])
     return rows

@@ -15,18 +15,10 @@ from dataclasses import dataclass, field
 
 from pipeline.storage import CheckpointStore, join
 from pipeline.storage import name as storage_name
+from pipeline import methods as method_table
+from pipeline.analysis import PRUNE_KEEP
 from pipeline.config import BenchmarkConfig, ScenarioConfig, scenario_methods
 from pipeline.units import ChainUnit, data_determinant
-
-# which fine-tuning mode each method needs
-MODE_METHODS: dict[str, set[str]] = {
-    "seq": {"seq_ft", "magmax", "randmix_seq", "avg_seq", "ties_seq"},
-    "ind": {"ind_ft", "maxabs", "avg", "ties", "randmix", "task_arithmetic"},
-    "lwf": {"lwf", "lwf_magmax"},
-    "ewc": {"ewc", "ewc_magmax"},
-    "joint": {"joint"},
-    "first": {"magmax_first"},
-}
 
 # Published train/test sizes of the paper's datasets (ImageNet-R: our recorded 80/20 split),
 # so a plan needs no data on the machine that prints it.
@@ -155,21 +147,16 @@ class Plan:
 def evaluations_per_scenario(cfg: BenchmarkConfig, scenario: ScenarioConfig) -> int:
     """How many full test-set evaluations the runner makes for one scenario."""
     T = num_tasks(scenario)
-    methods = set(scenario_methods(cfg, scenario))
-    matrices = sum(1 for m in ("seq_ft", "lwf", "ewc", "magmax", "maxabs", "lwf_magmax", "ewc_magmax", "avg",
-                               "magmax_first") if m in methods)
-    finals = sum(1 for m in ("magmax", "maxabs", "ties", "randmix", "avg", "lwf_magmax", "ewc_magmax",
-                             "randmix_seq", "avg_seq", "ties_seq", "magmax_first") if m in methods)
+    names = scenario_methods(cfg, scenario)
+    methods = set(names)
     sweep = len(cfg.merge.sweep_methods) * len(cfg.merge.sweep_lambdas)
     figures = 0
     if scenario.analyses:
-        from pipeline.orchestration.figures import PRUNE_KEEP
-
         modes = ("magmax" in methods) + ("maxabs" in methods)
         figures += 3 * len(PRUNE_KEEP) * ("pruning" in scenario.analyses)
         figures += modes * T * ("kth_magnitude" in scenario.analyses)
         figures += modes * (T + 1) * ("leave_one_out" in scenario.analyses)
-    return 1 + ("joint" in methods) + matrices * T + finals + sweep + figures
+    return method_table.evaluations(names, T, cfg.merge) + sweep + figures
 
 
 def scenario_dir(run_dir: str, scenario: ScenarioConfig) -> str:
@@ -191,10 +178,23 @@ def scenario_done(run_dir: str, scenario: ScenarioConfig) -> bool:
 FAILURES_FILE = "failures.json"
 
 
+def scenario_units(cfg: BenchmarkConfig, scenario: ScenarioConfig, num_tasks: int) -> list[ChainUnit]:
+    """The fine-tuning units a scenario needs for the configured methods."""
+    modes = method_table.modes_of(scenario_methods(cfg, scenario))
+    tasks = tuple(range(num_tasks))
+    units = []
+    for mode in ("seq", "ind", "lwf", "ewc", "joint", "first"):
+        if mode not in modes:
+            continue
+        if mode == "ind" and not cfg.ray.group_independent:
+            units.extend(ChainUnit(scenario, "ind", (t,)) for t in tasks)
+        else:
+            units.append(ChainUnit(scenario, mode, tasks))
+    return units
+
+
 def build_plan(cfg: BenchmarkConfig) -> Plan:
     """Expand ``cfg`` into shared units and look up what ``storage`` already holds."""
-    from pipeline.orchestration.train import scenario_units
-
     ckpt_root = join(cfg.storage, "checkpoints")
     run_dir = join(cfg.storage, cfg.name)
     by_id: dict[tuple[str, tuple[str, tuple[int, ...]]], PlannedUnit] = {}

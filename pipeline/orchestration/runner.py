@@ -11,7 +11,6 @@ scenario's ``failures.json``; the other units and scenarios finish, and a rerun 
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from dataclasses import replace
@@ -22,20 +21,20 @@ import numpy as np
 import ray
 import yaml
 
-from pipeline import analysis, merging, metrics, storage
-from pipeline.config import (BenchmarkConfig, ConfigError, ScenarioConfig, config_hash, config_yaml, from_dict,
-                             redact, scenario_methods, to_dict)
+from pipeline import methods as method_table
+from pipeline import storage
+from pipeline.config import (BenchmarkConfig, ConfigError, ScenarioConfig, config_yaml, from_dict, redact, to_dict)
 from pipeline.orchestration.plan import (
-    FAILURES_FILE,
-    MODE_METHODS,
+    num_tasks,
+    scenario_units,
     Plan,
     build_plan,
     scenario_dir,
     scenario_done,
     verify_cached,
 )
-from pipeline.results import code_version, make_rows, read_run, write_unit
-from pipeline.task_vectors import task_vector
+from pipeline.orchestration.scenario_results import run_scenario, short_error, summarize
+from pipeline.results import read_run
 
 Log = Callable[[str], None]
 
@@ -230,7 +229,54 @@ def _save_config(cfg: BenchmarkConfig, run_dir: str) -> None:
 
 
 def run_benchmark(cfg: BenchmarkConfig, log: Log = print) -> dict[str, Any]:
-    """Run every scenario of ``cfg``; returns the summary of the first scenario (plus failures)."""
+    """Run every scenario of ``cfg``; returns the summary of the first scenario (plus failures).
+    With ``seeds``, the whole plan runs once per seed, each under ``<name>/seed-<s>``, and the
+    summary holds each headline's mean and std over seeds and its paired test against MagMax."""
+    if cfg.seeds:
+        return run_seeds(cfg, log)
+    return _run_one_seed(cfg, log)
+
+
+def run_seeds(cfg: BenchmarkConfig, log: Log = print) -> dict[str, Any]:
+    start = time.time()
+    cfg = resolve_paths(cfg)
+    run_dir = storage.join(cfg.storage, cfg.name)
+    check_run_dir(cfg, run_dir)  # one multi-seed run per name: a single-seed run there is refused
+    _save_config(cfg, run_dir)
+    per_seed = {}
+    for i, seed in enumerate(cfg.seeds):
+        log(f"seed {seed} ({i + 1} of {len(cfg.seeds)})")
+        per_seed[seed] = _run_one_seed(replace(cfg, seed=seed, seeds=(), name=f"{cfg.name}/seed-{seed}"), log)
+    summary = seed_summary(per_seed)
+    summary["wall_seconds"] = round(time.time() - start, 1)
+    storage.write_text(storage.join(run_dir, "summary.json"), json.dumps(summary, indent=2))
+    return summary
+
+
+def seed_summary(per_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """Mean and sample std over seeds of every numeric headline, and each method's paired
+    difference from MagMax over seeds with its two-sided paired t-test p-value."""
+    from pipeline.metrics import paired_difference
+
+    seeds = sorted(per_seed)
+    keys = [k for k, v in per_seed[seeds[0]].items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+            and k not in ("wall_seconds", "fine_tuned_tasks")]
+    values = {k: [per_seed[s].get(k) for s in seeds] for k in keys}
+    full = {k: v for k, v in values.items() if all(x is not None for x in v)}
+    mean = {k: round(float(np.mean(v)), 2) for k, v in full.items()}
+    std = {k: round(float(np.std(v, ddof=1)), 2) if len(v) > 1 else 0.0 for k, v in full.items()}
+    vs = {}
+    if "magmax" in full:
+        for k, v in full.items():
+            if k in method_table.known() and k != "magmax":
+                diff, p = paired_difference(v, full["magmax"])
+                vs[k] = {"difference": round(diff, 2), "p_value": None if p is None else round(p, 4)}
+    failures = [f for s in seeds for f in per_seed[s].get("failures", [])]
+    return {"seeds": seeds, "mean": mean, "std": std, "vs_magmax": vs,
+            "per_seed": {str(s): per_seed[s] for s in seeds}, "failures": failures}
+
+
+def _run_one_seed(cfg: BenchmarkConfig, log: Log = print) -> dict[str, Any]:
     start = time.time()
     cfg = resolve_paths(cfg)
     run_dir = storage.join(cfg.storage, cfg.name)
@@ -312,6 +358,10 @@ def fit_units(cfg: BenchmarkConfig, plan: Plan, log: Log = print) -> dict[int, l
     pending: dict[ray.ObjectRef, int] = {}
     leases = Leases(ttl_s=LEASE_TTL_S)
     told: set[int] = set()
+    # progress (issue 13): live lines or timestamped log lines, and <run>/progress.json
+    from pipeline.orchestration.progress import Monitor
+    progress = Monitor(cfg, plan, log).start()
+    log = progress.wrap(log)
     try:
         while queue or pending:
             # another driver on the same storage may hold a unit: take the others, wait for it
@@ -322,9 +372,11 @@ def fit_units(cfg: BenchmarkConfig, plan: Plan, log: Log = print) -> dict[int, l
                 if unit_finished(u.unit, u.folder):  # finished by another driver meanwhile
                     queue.remove(i)
                     outcomes[i] = [storage.join(u.folder, f"task_{t:03d}.safetensors") for t in u.unit.outputs]
+                    progress.finished(i)
                 elif leases.acquire(u.folder):
                     queue.remove(i)
                     pending[driving.remote(cfg, u.unit, u.folder, train_root)] = i
+                    progress.started(i)
                 elif i not in told:
                     told.add(i)
                     holder = leases.holder(u.folder) or {}
@@ -340,11 +392,14 @@ def fit_units(cfg: BenchmarkConfig, plan: Plan, log: Log = print) -> dict[int, l
                 leases.release(plan.units[i].folder)
                 try:
                     outcomes[i] = ray.get(ref)
+                    progress.finished(i)
                 except Exception as err:  # recorded and reported, the other units go on
                     outcomes[i] = err
-                    log(f"unit {plan.units[i].unit.label} failed: {_short(err)}")
+                    progress.failed(i, short_error(err))
+                    log(f"unit {plan.units[i].unit.label} failed: {short_error(err)}")
     finally:
         leases.release_all()  # (a killed driver's leases expire after LEASE_TTL_S instead)
+        progress.close()
     log(f"{len(plan.pending)} fine-tuning units run in {time.time() - t0:.1f}s")
     return outcomes
 
@@ -355,17 +410,9 @@ LEASE_POLL_S = 5.0
 LEASE_TTL_S = 300.0
 
 
-def _short(err: Exception) -> str:
-    text = str(err).strip().splitlines()
-    tail = [line for line in text if "Error" in line]
-    return (tail[-1] if tail else text[-1] if text else type(err).__name__)[:500]
-
-
 def _scenario_paths(cfg: BenchmarkConfig, plan: Plan, scenario: ScenarioConfig,
                     outcomes: dict[int, list[str] | Exception]) -> dict[str, list[str] | Exception]:
     """Checkpoint paths per fine-tuning mode of one scenario (or the error that stopped a mode)."""
-    from pipeline.orchestration.plan import num_tasks
-    from pipeline.orchestration.train import scenario_units
 
     index = {(u.unit.key(cfg), u.unit.identity): i for i, u in enumerate(plan.units)}
     paths: dict[str, list[str] | Exception] = {}
@@ -378,252 +425,3 @@ def _scenario_paths(cfg: BenchmarkConfig, plan: Plan, scenario: ScenarioConfig,
         else:
             paths.setdefault(unit.mode, []).extend(got)  # type: ignore[union-attr]
     return paths
-
-
-def run_scenario(cfg: BenchmarkConfig, scenario: ScenarioConfig, run_dir: str,
-                 unit_paths: dict[str, list[str] | Exception], log: Log = print) -> list[dict[str, str]]:
-    """Merge, evaluate and sweep one scenario from its fine-tuned checkpoints; write its Parquet.
-
-    Methods whose fine-tuning failed are left out and the failure is written to the scenario's
-    ``failures.json`` (removed again once a rerun succeeds). Returns the failures.
-    """
-    from pipeline.orchestration.evaluate import evaluate_many
-    from pipeline.orchestration.magmax_actor import MagMaxActor
-    from pipeline.orchestration.sweep import run_sweep
-    from pipeline.orchestration.train import eval_resources
-    from pipeline.scenario import build_scenario
-    from pipeline.storage import read_tensors
-
-    out_dir = scenario_dir(run_dir, scenario)
-    parts = {p: storage.join(out_dir, f"{p}.parquet") for p in ("final", "matrix", "sweep", "analysis")}
-    failed = {mode: err for mode, err in unit_paths.items() if isinstance(err, Exception)}
-    failures = [{"scenario": scenario.label, "mode": mode, "methods": sorted(set(scenario_methods(cfg, scenario)) & MODE_METHODS[mode]),
-                 "error": _short(err)} for mode, err in failed.items()]
-    paths: dict[str, list[str]] = {m: p for m, p in unit_paths.items() if not isinstance(p, Exception)}
-    scn = build_scenario(cfg, scenario)
-    T = scn.num_tasks
-    common = {"run": cfg.name, "scenario": scenario.label,
-              "backbone": scn.clip.name, "seed": cfg.seed, "config_hash": config_hash(cfg),
-              "code_version": code_version()}
-    methods = set(scenario_methods(cfg, scenario)) - {m for mode in failed for m in MODE_METHODS[mode]}
-
-    # 2. task vectors and merges; the running MagMax vector lives in one actor per mode
-    theta0 = scn.theta0
-    tvs = {mode: [task_vector(read_tensors(p, theta0), theta0) for p in paths[mode]]
-           for mode in ("seq", "ind", "lwf", "ewc", "first") if mode in paths}
-    theta0_ref = ray.put(theta0)
-    running: dict[str, list[ray.ObjectRef]] = {}
-    actors = {}
-    for mode, method in (("seq", "magmax"), ("ind", "maxabs"), ("lwf", "lwf_magmax"), ("ewc", "ewc_magmax"),
-                         ("first", "magmax_first")):
-        if mode in tvs and method in methods:
-            state_dir = storage.join(run_dir, "actors", f"{scenario.label.replace('/', '_')}-{mode}")
-            # a scenario run again (after a failure) folds from the first task: an actor resumed
-            # from the last run's state would skip every fold and give the final vector for each t
-            storage.delete(storage.join(state_dir, "running_magmax.safetensors"))
-            # all created before the first fold, so their processes start side by side
-            actors[method] = (mode, MagMaxActor.options(name=f"magmax:{cfg.name}:{scenario.label}:{mode}",
-                                                        get_if_exists=True).remote(state_dir))
-    for method, (mode, actor) in actors.items():
-        running[method] = []
-        for t, (path, tv) in enumerate(zip(paths[mode], tvs[mode])):
-            # the tag is the checkpoint's content address: a restarted actor skips what it folded
-            ray.get(actor.add.remote(f"{storage.name(storage.parent(path))}/{t}", ray.put(tv)))
-            running[method].append(actor.value.remote())
-        # results of actor calls are owned by this driver: once they exist, the actor can go
-        ray.wait(running[method], num_returns=len(running[method]), fetch_local=False)
-        ray.kill(actor)
-
-    m = cfg.merge
-    # TIES's trimming scope (merge.ties_scope): the official task vectors span the whole CLIP state
-    # dict, so its entries outside the image tower (never trained: zeros) may count in the threshold
-    untouched = (sum(v.numel() for v in scn.clip.model.state_dict().values() if v.is_floating_point())
-                 - sum(t.numel() for t in theta0.values()))
-    trim = merging.trim_options(m.ties_scope, m.ties_entries, untouched)
-    merged: dict[str, ray.ObjectRef] = {k: v[-1] for k, v in running.items()}
-    if "ind" in tvs:
-        ind = tvs["ind"]
-        merged["avg"] = ray.put(merging.average(ind))
-        merged["ties"] = ray.put(merging.ties(ind, top_k=m.ties_top_k, **trim))
-        merged["randmix"] = ray.put(merging.random_mix(ind, seed=cfg.seed))
-        merged["task_arithmetic"] = ray.put(merging.task_arithmetic(ind))
-    if "seq" in tvs:
-        # Table 4: the same merges over sequentially fine-tuned vectors
-        seq = tvs["seq"]
-        for method, merge in (("avg_seq", lambda: merging.average(seq)),
-                              ("ties_seq", lambda: merging.ties(seq, top_k=m.ties_top_k, **trim)),
-                              ("randmix_seq", lambda: merging.random_mix(seq, seed=cfg.seed))):
-            if method in methods:
-                merged[method] = ray.put(merge())
-
-    # 3. accuracy matrices and single-model results
-    items: list[tuple[str, str, int, tuple]] = [("zero_shot", "none", -1, ("state", theta0_ref, 1.0))]
-    if "joint" in paths:
-        items.append(("joint", "joint", T - 1, ("path", paths["joint"][0], 1.0)))
-    for mode, method in (("seq", "seq_ft"), ("lwf", "lwf"), ("ewc", "ewc"), ("ind", "ind_ft")):
-        if mode in paths and mode != "ind":
-            items += [(method, mode, t, ("path", p, 1.0)) for t, p in enumerate(paths[mode])]
-    lam_of = {"magmax": m.magmax_lambda, "maxabs": m.maxabs_lambda, "lwf_magmax": m.magmax_lambda,
-              "ewc_magmax": m.magmax_lambda, "magmax_first": m.magmax_lambda}
-    finetuning_of = {"magmax": "seq", "maxabs": "ind", "lwf_magmax": "lwf", "ewc_magmax": "ewc",
-                     "avg": "ind", "ties": "ind", "randmix": "ind", "task_arithmetic": "ind",
-                     "magmax_first": "first", "avg_seq": "seq", "ties_seq": "seq", "randmix_seq": "seq"}
-    for method, refs_t in running.items():
-        if method == "magmax_first":
-            continue  # Table 6 reads its final row only; a second MagMax matrix would make Figure 4 ambiguous
-        items += [(method, finetuning_of[method], t, ("tau", r, lam_of[method])) for t, r in enumerate(refs_t)]
-    if "ind" in tvs and "avg" in methods:
-        for t in range(T):
-            items.append(("avg", "ind", t, ("tau", ray.put(merging.average(tvs["ind"][: t + 1])), 1.0)))
-    t0 = time.time()
-    res = eval_resources(cfg)
-    cluster = ray.cluster_resources()
-    workers = int(cluster.get("CPU", 1) // max(res["CPU"], 0.25))
-    if res["GPU"] > 0:
-        workers = min(workers, int(cluster.get("GPU", 0) // res["GPU"]))
-    workers = max(1, workers)
-    chunks = [items[i::workers] for i in range(min(workers, len(items)))]
-    evals = ray.get([evaluate_many.options(num_cpus=res["CPU"], num_gpus=res["GPU"])
-                     .remote(cfg, scenario, [c[3] for c in chunk]) for chunk in chunks])
-    results = {}
-    for chunk, res in zip(chunks, evals):
-        for item, r in zip(chunk, res):
-            results[item[:3]] = (*r, float(item[3][2]) if item[3][0] == "tau" else math.nan)
-    log(f"{scenario.label}: {len(items)} evaluations in {time.time() - t0:.1f}s")
-
-    matrix_rows, final_rows = [], []
-    for (method, ft, t), (overall, per_task, lam) in results.items():
-        for c, acc in enumerate(per_task):
-            matrix_rows.append({"method": method, "finetuning": ft, "lam": lam, "after_task": t,
-                                "eval_task": c, "role": "matrix", "metric": "accuracy", "value": acc})
-        matrix_rows.append({"method": method, "finetuning": ft, "lam": lam, "after_task": t, "eval_task": -1,
-                            "role": "matrix", "metric": "accuracy", "value": overall})
-        if t == T - 1 or method == "zero_shot":
-            # merges get their final row from the headline trial below (one row per key)
-            if method in methods and method not in ("magmax", "maxabs", "avg", "lwf_magmax", "ewc_magmax",
-                                                     "magmax_first"):
-                final_rows += _final_rows(scenario, {"method": method, "finetuning": ft, "lam": lam,
-                                                     "after_task": t}, overall, per_task)
-
-    # 4. the (method, λ) grid on Tune: headline λ per method plus Figure 9's sweep
-    trials = []
-    defaults = {"magmax": m.magmax_lambda, "maxabs": m.maxabs_lambda, "ties": m.ties_lambda,
-                "randmix": m.randmix_lambda, "avg": 1.0, "lwf_magmax": m.magmax_lambda,
-                "ewc_magmax": m.magmax_lambda, "magmax_first": m.magmax_lambda, "randmix_seq": m.randmix_lambda,
-                "avg_seq": 1.0, "ties_seq": m.ties_lambda}
-    for method, lam in defaults.items():
-        if method in methods and method in merged:
-            trials.append({"method": method, "lam": lam, "role": "final"})
-    for method in m.sweep_methods:
-        if method in merged:
-            trials += [{"method": method, "lam": lam, "role": "sweep"} for lam in m.sweep_lambdas]
-    t0 = time.time()
-    if cfg.ray.tune_sweep:
-        # named by config and trial grid: a rerun reads the records of this grid's finished trials
-        swept = run_sweep(cfg, scenario, merged, trials, storage.join(cfg.storage, "ray_tune"),
-                          f"sweep-{cfg.name}-{scenario.label.replace('/', '_')}-{config_hash([cfg, trials])}")
-    else:
-        # the same trials as evaluation tasks: their warm workers skip Tune's per-scenario actors
-        grid = [("tau", merged[tr["method"]], tr["lam"]) for tr in trials]
-        resources = eval_resources(cfg)
-        done = ray.get([evaluate_many.options(num_cpus=resources["CPU"], num_gpus=resources["GPU"])
-                        .remote(cfg, scenario, grid[i::workers]) for i in range(min(workers, len(grid)))])
-        swept = [None] * len(trials)
-        for i, got in enumerate(done):
-            for j, (overall, per_task) in zip(range(i, len(trials), workers), got):
-                swept[j] = {**trials[j], "accuracy": overall, "per_task": per_task}
-    log(f"{scenario.label}: {len(trials)} merge trials {'on Tune ' if cfg.ray.tune_sweep else ''}"
-        f"in {time.time() - t0:.1f}s")
-    sweep_rows = []
-    for tr in swept:
-        key = {"method": tr["method"], "finetuning": finetuning_of[tr["method"]], "lam": tr["lam"], "after_task": T - 1}
-        if tr["role"] == "final":
-            final_rows += _final_rows(scenario, key, tr["accuracy"], tr["per_task"])
-        else:
-            sweep_rows.append({**key, "role": "sweep", "metric": "accuracy", "value": tr["accuracy"]})
-
-    # 5. analyses
-    analysis_rows = [{"method": "chance", "finetuning": "none", "role": "analysis", "metric": "chance",
-                      "value": scn.chance}]
-    for mode in ("ind", "seq"):
-        if mode in tvs and len(tvs[mode]) > 1:
-            analysis_rows.append({"method": "sign_conflicts", "finetuning": mode, "role": "analysis",
-                                  "metric": "sign_conflicts",
-                                  "value": analysis.sign_conflicts(tvs[mode], top_k=m.sign_conflict_top_k,
-                                                                   **trim)})
-    for method in {r["method"] for r in matrix_rows}:
-        mat = _matrix(matrix_rows, method, T)
-        if method == "zero_shot" or np.isnan(mat[np.tril_indices(T)]).any():
-            continue  # forgetting needs a row after every task (not joint or zero-shot)
-        ft = next(r["finetuning"] for r in matrix_rows if r["method"] == method)
-        analysis_rows.append({"method": method, "finetuning": ft, "role": "analysis",
-                              "metric": "first_task_forgetting", "value": metrics.first_task_forgetting(mat)})
-        analysis_rows.append({"method": method, "finetuning": ft, "role": "analysis",
-                              "metric": "average_forgetting",
-                              "value": float(np.nanmean(metrics.forgetting(mat))) if T > 1 else 0.0})
-
-    if scenario.analyses:
-        from pipeline.orchestration.figures import evaluate_items, figure_rows
-
-        joint_tv = task_vector(read_tensors(paths["joint"][0], theta0), theta0) if "joint" in paths else None
-        analysis_rows += figure_rows(cfg, scenario, tvs, joint_tv, lambda items: evaluate_items(cfg, scenario, items))
-
-    for part, rows in (("matrix", matrix_rows), ("sweep", sweep_rows), ("analysis", analysis_rows),
-                       ("final", final_rows)):
-        # rows name the scenario's dataset, except a multi-dataset scenario's final rows (_final_rows)
-        rows = [{"dataset": scenario.dataset or scenario.label, **r,
-                 "method": PUBLIC_NAMES.get(r["method"], r["method"])} for r in rows]
-        write_unit(make_rows(common, rows), parts[part])
-    failures_path = storage.join(out_dir, FAILURES_FILE)
-    if failures:
-        storage.write_text(failures_path, json.dumps(failures, indent=2))
-    else:
-        storage.delete(failures_path)
-    return failures
-
-
-def _final_rows(scenario: ScenarioConfig, key: dict[str, Any], overall: float,
-                per_task: list[float]) -> list[dict[str, Any]]:
-    """A method's final accuracy; a multi-dataset scenario has one row per dataset (Table 5's
-    columns, ``dataset`` naming it) and leaves the mean over datasets to the report."""
-    if scenario.kind != "multi_dataset":
-        return [{**key, "role": "final", "metric": "accuracy", "value": overall}]
-    return [{**key, "dataset": name, "role": "final", "metric": "accuracy", "value": acc}
-            for name, acc in zip(scenario.datasets, per_task)]
-
-
-# config method keys whose results rows carry the paper's method name (their finetuning tells them apart)
-PUBLIC_NAMES = {"magmax_first": "magmax", "randmix_seq": "randmix", "avg_seq": "avg", "ties_seq": "ties"}
-
-
-def _matrix(rows: list[dict], method: str, T: int) -> np.ndarray:
-    mat = np.full((T, T), np.nan)
-    for r in rows:
-        if r["method"] == method and r["eval_task"] >= 0 and r["after_task"] >= 0:
-            mat[r["after_task"], r["eval_task"]] = r["value"]
-    return mat
-
-
-HEADLINE_FINETUNING = {"magmax": "seq", "randmix": "ind", "avg": "ind", "ties": "ind"}
-SUMMARY_KEYS = ("zero_shot", "joint", "seq_ft", "lwf", "ewc", "randmix", "maxabs", "avg", "ties", "magmax")
-
-
-def summarize(df) -> dict[str, Any]:
-    """The headline numbers of one scenario (the demo's summary.json)."""
-    final = df[df.role == "final"]
-    out: dict[str, Any] = {}
-    chance = df[(df.role == "analysis") & (df.metric == "chance")]
-    out["chance"] = round(float(chance.value.iloc[0]), 2) if len(chance) else None
-    for key in SUMMARY_KEYS:
-        rows = final[final.method == key]
-        if key in HEADLINE_FINETUNING:
-            # Tables 4 and 6 add randmix/seq, magmax/first...: the headline is Table 1's variant
-            rows = rows[rows.finetuning == HEADLINE_FINETUNING[key]]
-        # (a multi-dataset scenario has one final row per dataset: its headline is their mean)
-        out[key] = round(float(rows.value.mean()), 2) if len(rows) else None
-    forg = df[(df.role == "analysis") & (df.metric == "first_task_forgetting") & (df.method == "seq_ft")]
-    out["seq_ft_first_task_forgetting"] = round(float(forg.value.iloc[0]), 2) if len(forg) else None
-    for mode in ("ind", "seq"):
-        sc = df[(df.metric == "sign_conflicts") & (df.finetuning == mode)]
-        out[f"sign_conflicts_{mode}"] = round(float(sc.value.iloc[0]), 4) if len(sc) else None
-    return out

@@ -21,7 +21,7 @@ import torch
 
 from pipeline.storage import CheckpointStore
 from pipeline.storage import name as storage_name
-from pipeline.config import BenchmarkConfig, ScenarioConfig, redact, scenario_methods
+from pipeline.config import BenchmarkConfig, redact
 from pipeline.units import ChainUnit
 
 
@@ -63,8 +63,13 @@ def _train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
     device = ray.train.torch.get_device() if config["use_gpu"] else torch.device("cpu")
     node = ray.get_runtime_context().get_node_id()
     scn = build_scenario(cfg, unit.scenario)
+    # progress for the driver's display and progress.json (issue 13); rank 0 only, never raises
+    from pipeline.orchestration.progress import worker_reporter
+    tell = worker_reporter(cfg, unit, scn, config["unit_dir"]) if rank == 0 else None
 
     def report(task: int, epoch: int, loss: float) -> None:
+        if tell is not None:
+            tell(task, epoch, loss)
         metrics = {"task": task, "epoch": epoch + 1, "loss": loss, "node": node}
         if rank != 0:
             ray.train.report(metrics)
@@ -151,20 +156,3 @@ def driving_options(max_failures: int) -> dict[str, Any]:
     here = ray.get_runtime_context().get_node_id()
     return {"max_retries": max_failures, "retry_exceptions": False,
             "scheduling_strategy": NodeAffinitySchedulingStrategy(node_id=here, soft=True)}
-
-
-def scenario_units(cfg: BenchmarkConfig, scenario: ScenarioConfig, num_tasks: int) -> list[ChainUnit]:
-    """The fine-tuning units a scenario needs for the configured methods."""
-    from pipeline.orchestration.plan import MODE_METHODS
-
-    methods = set(scenario_methods(cfg, scenario))
-    tasks = tuple(range(num_tasks))
-    units = []
-    for mode in ("seq", "ind", "lwf", "ewc", "joint", "first"):
-        if not methods & MODE_METHODS[mode]:
-            continue
-        if mode == "ind" and not cfg.ray.group_independent:
-            units.extend(ChainUnit(scenario, "ind", (t,)) for t in tasks)
-        else:
-            units.append(ChainUnit(scenario, mode, tasks))
-    return units
