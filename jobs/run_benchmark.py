@@ -46,6 +46,10 @@ def main(argv: list[str] | None = None) -> int:
         print("\n\n".join(format_plan(plan) for plan in plans))
         if len(plans) > 1:
             print("\n" + suite_summary(plans))
+        from pipeline.data.prepare import format_readiness  # manifests only: no dataset is loaded
+
+        for line in dict.fromkeys(format_readiness(resolve_paths(cfg)) for cfg in configs):
+            print(line)
         return 0
     status = 0
     try:

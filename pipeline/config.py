@@ -99,6 +99,8 @@ class MergeConfig:
     sweep_lambdas: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(1, 21))
     sweep_methods: tuple[str, ...] = ("magmax", "maxabs", "ties", "randmix", "task_arithmetic")
     sign_conflict_top_k: float = 0.2
+    post: str = ""                   # "" | lines: LiNeS depth scaling after every merge (then applied at λ = 1)
+    lines_beta: float = 0.5          # LiNeS: the last block's extra scale (alpha is the official multi-task one)
 
 
 @dataclass(frozen=True)
@@ -210,6 +212,8 @@ PROFILES: dict[str, dict[str, Any]] = {
 KNOWN_ANALYSES = ("pruning", "kth_magnitude", "update_consistency", "contributions", "leave_one_out",
                   "layer_magnitudes", "entry_histograms")
 
+
+MERGE_POSTS = ("", "lines")
 
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
@@ -420,6 +424,10 @@ def validate(cfg: BenchmarkConfig) -> BenchmarkConfig:
         if name not in methods.sweepable():
             raise ConfigError(f"merge.sweep_methods[{i}]: {name!r} is not a merge with a λ to sweep; "
                               f"choose from {methods.sweepable()}")
+    if m.post not in MERGE_POSTS:
+        raise ConfigError(f"merge.post: {m.post!r} is not one of {list(MERGE_POSTS)}")
+    if not 0.0 <= m.lines_beta <= 2.0:
+        raise ConfigError(f"merge.lines_beta: {m.lines_beta} is outside [0, 2]")
     if len(set(cfg.seeds)) != len(cfg.seeds):
         raise ConfigError(f"seeds: each seed once, got {list(cfg.seeds)}")
     f = cfg.finetune

@@ -92,7 +92,10 @@ class Method:
             object.__setattr__(self, "row_name", self.name)
 
     def default_lambda(self, merge_cfg: Any) -> float:
-        """The λ its headline result uses under ``merge_cfg``."""
+        """The λ its headline result uses under ``merge_cfg`` (1 after LiNeS, which scales the
+        merged vector itself: ``merge.post: lines``)."""
+        if getattr(merge_cfg, "post", "") == "lines":
+            return 1.0
         return float(getattr(merge_cfg, self.lam) if isinstance(self.lam, str) else self.lam)
 
     @property
@@ -182,6 +185,15 @@ def default_lambdas(merge_cfg: Any) -> dict[str, float]:
         if m.merged and m.name == m.row_name:
             out[m.row_name] = m.default_lambda(merge_cfg)
     return out
+
+
+def post_process(tau: TaskVector, tvs: Sequence[Mapping[str, torch.Tensor]], merge_cfg: Any) -> TaskVector:
+    """``merge.post`` applied to a merged vector of ``tvs``: LiNeS with the official multi-task
+    alpha (``(||Σ τ_t||₁ / ||τ||₁) / T``) and ``merge.lines_beta``; unchanged without one."""
+    if getattr(merge_cfg, "post", "") != "lines":
+        return tau
+    alpha = merging.lines_multitask_alpha(tvs, tau)
+    return merging.lines(tau, alpha=alpha, beta=merge_cfg.lines_beta)
 
 
 def evaluations(names: Sequence[str], num_tasks: int, merge_cfg: Any) -> int:

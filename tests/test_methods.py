@@ -184,3 +184,64 @@ def test_seeds_are_checked():
     assert cfg.seeds == (5, 6, 7)
     with pytest.raises(ConfigError, match=r"seeds: each seed once"):
         load_config("configs/demo.yaml", ["seeds=[5,5]"])
+
+
+def test_lines_after_any_merge_by_hand():
+    cfg = load_config("configs/demo.yaml", ["merge.post=lines", "merge.lines_beta=0.5"])
+    tau = {"transformer.resblocks.0.w": torch.ones(2), "transformer.resblocks.1.w": torch.ones(2),
+           "conv1.weight": torch.ones(2)}
+    # one task vector merged into itself: alpha = (|Σ τ|₁ / |τ|₁) / T = 1; block l of L = 2 gets
+    # alpha + beta * l / (L - 1): 1 and 1.5; outside the blocks, alpha
+    out = methods.post_process(tau, [tau], cfg.merge)
+    assert out["transformer.resblocks.0.w"].tolist() == [1.0, 1.0]
+    assert out["transformer.resblocks.1.w"].tolist() == [1.5, 1.5] and out["conv1.weight"].tolist() == [1.0, 1.0]
+    # two task vectors averaged: alpha = (|τ1 + τ2|₁ / |avg|₁) / 2 = 1 again
+    avg = methods.post_process({k: v.clone() for k, v in tau.items()}, [tau, tau], cfg.merge)
+    assert avg["transformer.resblocks.1.w"].tolist() == [1.5, 1.5]
+    # the LiNeS-scaled vector is applied as it is
+    assert methods.get("magmax").default_lambda(cfg.merge) == 1.0 and methods.get("ties").default_lambda(cfg.merge) == 1.0
+    assert methods.post_process(tau, [tau], load_config("configs/demo.yaml").merge) is tau
+    with pytest.raises(ConfigError, match=r"merge.post: 'linez'"):
+        load_config("configs/demo.yaml", ["merge.post=linez"])
+
+
+def _final(method, finetuning, scenario, value, seed=5, backbone="ViT-B-16", lam=1.0):
+    return {"run": "r", "scenario": scenario, "dataset": scenario.split("/")[0], "backbone": backbone, "seed": seed,
+            "method": method, "finetuning": finetuning, "lam": lam, "after_task": 4, "eval_task": -1, "role": "final",
+            "metric": "accuracy", "value": value, "config_hash": "h", "code_version": "v"}
+
+
+def test_the_beyond_table_sets_each_newer_merge_on_both_fine_tunings_beside_the_papers_magmax():
+    from pipeline import paper
+    from pipeline.report.tables import beyond_table
+
+    rows = []
+    for seed, shift in ((5, 0.0), (6, 2.0)):
+        rows += [_final("tsv", "ind", "cifar100/5", 60.0 + shift, seed), _final("tsv", "seq", "cifar100/5", 70.0 + shift, seed),
+                 _final("magmax", "seq", "cifar100/5", 75.0 + shift, seed, lam=0.5),
+                 _final("ties", "ind", "cifar100/5", 65.0, seed, lam=0.55),
+                 _final("seq_ft", "seq", "cifar100/5", 50.0, seed)]  # not in the table
+    t = beyond_table(pd.DataFrame(rows))
+    assert list(t.index) == ["TIES", "MagMax", "TSV-M (ind)", "TSV-M (seq)", "MagMax (paper)"]
+    assert t.loc["TSV-M (seq)", "cifar100/5"] == 71.0 and t.loc["TSV-M (ind)", "cifar100/5"] == 61.0
+    assert t.attrs["std"][("TSV-M (seq)", "cifar100/5")] == pytest.approx(2 ** 0.5)
+    assert t.loc["MagMax (paper)", "cifar100/5"] == paper.lookup("table1", "magmax", "seq", "cifar100",
+                                                                 "class_incremental", 5)
+    assert beyond_table(pd.DataFrame(rows[2:5])).empty  # no newer merge: no table
+
+
+def test_the_report_draws_each_continual_merge_matrix_and_the_beyond_table(tmp_path):
+    from pipeline.report import write_report
+
+    rows = []
+    for ft in ("ind", "seq"):
+        for r in range(2):
+            for c in range(2):
+                rows.append({**_final("opcm", ft, "demo_shapes/2", 40.0 + r + c), "after_task": r, "eval_task": c,
+                             "role": "matrix", "backbone": "tiny"})
+        rows.append({**_final("opcm", ft, "demo_shapes/2", 41.0), "after_task": 1, "backbone": "tiny"})
+    paths = write_report(pd.DataFrame(rows), tmp_path, suffixes=(".png",))
+    assert paths["continual_matrices"].is_file()
+    beyond = paths["beyond_md"].read_text()
+    assert "OPCM (ind)" in beyond and "OPCM (seq)" in beyond and "paper" not in beyond  # not the paper's backbone
+    assert "Beyond the paper" in paths["index"].read_text()

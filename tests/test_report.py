@@ -14,6 +14,7 @@ import pytest
 
 from pipeline import paper, report
 from pipeline.merging import magmax
+from pipeline.report.rows import leave_one_out_delta, seen_average
 from pipeline.results import COLUMNS, make_rows, read_run, write_unit
 
 REPO = Path(__file__).resolve().parent.parent
@@ -164,7 +165,7 @@ def test_accuracy_matrix_exact(df):
 
 def test_seen_average_is_lower_triangle_mean():
     m = np.array([[10.0, 1.0], [20.0, 40.0]])
-    np.testing.assert_array_equal(report._seen_average(m), [10.0, 30.0])
+    np.testing.assert_array_equal(seen_average(m), [10.0, 30.0])
 
 
 def test_write_report_writes_everything(df, tmp_path):
@@ -285,7 +286,7 @@ def paper_run_rows(table: str, offset: float = 1.0, seed: int = 5) -> list[dict]
                             "backbone": r.backbone, "method": r.method, "finetuning": r.finetuning,
                             "seed": seed, "after_task": -1 if r.method == "zero_shot" else n - 1,
                             "value": r.value + offset,
-                            "lam": report.DEFAULT_LAMBDA.get(r.method, math.nan)})
+                            "lam": report.paper_lambdas().get(r.method, math.nan)})
     common = {"run": table, "role": "final", "metric": "accuracy", "config_hash": "h", "code_version": "v"}
     return make_rows(common, entries)
 
@@ -496,6 +497,10 @@ def figure_rows() -> list[dict]:
             for method in ("seq_ft", "avg", "magmax"):
                 entries += [{**sc, "method": method, "finetuning": "seq", "role": "matrix", "metric": "accuracy",
                              "after_task": t, "eval_task": c, "value": 50.0 + t + c} for c in range(FIG_T)]
+            # a continual merge beyond the paper, on both fine-tunings (its own figure)
+            entries += [{**sc, "method": "opcm", "finetuning": ft, "role": "matrix", "metric": "accuracy",
+                         "after_task": t, "eval_task": c, "value": 45.0 + t + c}
+                        for ft in ("ind", "seq") for c in range(FIG_T)]
     for scenario in ("cifar100/3",):
         sc = {"scenario": scenario, "dataset": scenario.split("/")[0]}
         for mode in report.PRUNE_MODES:
@@ -574,7 +579,7 @@ def test_leave_one_out_figure_delta_and_malformed_rows(tmp_path):
                      [{"after_task": a, "eval_task": e, "value": v}
                       for a, e, v in ((-1, 0, 80.0), (-1, 1, 70.0), (0, 0, 60.0), (0, 1, 71.0), (1, 0, 79.0))])
     part = pd.DataFrame(rows, columns=list(COLUMNS))
-    delta, left, evals = report._leave_one_out_delta(part)
+    delta, left, evals = leave_one_out_delta(part)
     assert left == [0, 1] and evals == [0, 1]
     np.testing.assert_array_equal(delta, [[-20.0, 1.0], [-1.0, np.nan]])
     broken = part[part["after_task"] >= 0]
@@ -582,3 +587,24 @@ def test_leave_one_out_figure_delta_and_malformed_rows(tmp_path):
         paths = report.write_report(broken, tmp_path / "rep")
     assert "leave_one_out" not in paths
     assert "## Not drawn" in paths["index"].read_text()
+
+
+
+def _no_matplotlib_after(*imports: str) -> None:
+    """Import ``imports`` in a fresh interpreter and fail if that loaded matplotlib."""
+    script = "import sys\n" + "".join(f"import {m}\n" for m in imports) + "assert 'matplotlib' not in sys.modules"
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, f"importing {', '.join(imports)} loaded matplotlib:\n{done.stderr}"
+
+
+def test_report_tables_do_not_import_matplotlib():
+    # Only pipeline.report.figures (and index, which draws them) may load matplotlib; tables,
+    # rendering and the package itself must not, and its figure names resolve on first use.
+    _no_matplotlib_after("pipeline.report.tables")
+    _no_matplotlib_after("pipeline.report", "pipeline.report.render", "pipeline.analysis_rows")
+    assert report.FIGURES and "pipeline.report.figures" in sys.modules
+
+
+def test_runner_does_not_import_matplotlib():
+    # The driver builds the figure analyses' rows mid-run (pipeline.analysis_rows), not the report.
+    _no_matplotlib_after("pipeline.orchestration.runner", "pipeline.orchestration.figures")

@@ -17,10 +17,10 @@ from pipeline.merging.consensus import consensus, tall_mask
 from pipeline.merging.dare import dare
 from pipeline.merging.dop import DOP
 from pipeline.merging.iso import iso_c, iso_cts
-from pipeline.merging.lines import lines
+from pipeline.merging.lines import lines, lines_multitask_alpha
 from pipeline.merging.opcm import OPCM
 from pipeline.merging.tsv import tsv_merge
 from pipeline.merging.wudi import wudi
 
-__all__ = [*_paper_all, "breadcrumbs", "consensus", "tall_mask", "dare", "DOP", "iso_c", "iso_cts", "lines",
+__all__ = [*_paper_all, "breadcrumbs", "consensus", "tall_mask", "dare", "DOP", "iso_c", "iso_cts", "lines", "lines_multitask_alpha",
            "OPCM", "tsv_merge", "wudi"]

@@ -160,9 +160,16 @@ def _fold_running(cfg: BenchmarkConfig, scenario: ScenarioConfig, run_dir: str, 
         if m.actor:
             continue
         fold, running[m.name] = m.fold(ctx), []
-        for tv in inputs.tvs[m.finetuning]:
+        for t, tv in enumerate(inputs.tvs[m.finetuning]):
             fold.add(tv)
-            running[m.name].append(ray.put(fold.value()))
+            tvs = inputs.tvs[m.finetuning][: t + 1]
+            running[m.name].append(ray.put(method_table.post_process(fold.value(), tvs, ctx.merge)))
+    if ctx.merge.post:
+        for m in chosen:
+            if m.actor:  # (the actor's values, post-processed here: the actor folds MagMax only)
+                tvs = inputs.tvs[m.finetuning]
+                running[m.name] = [ray.put(method_table.post_process(ray.get(r), tvs[: t + 1], ctx.merge))
+                                   for t, r in enumerate(running[m.name])]
     return running
 
 
@@ -172,7 +179,8 @@ def _merge(wanted: Sequence[str], inputs: Inputs, ctx: MergeContext) -> dict[str
     for name in wanted:
         m = method_table.get(name)
         if m.kind == "merge" and m.finetuning in inputs.tvs:
-            merged[name] = ray.put(m.merge(inputs.tvs[m.finetuning], ctx))
+            tvs = inputs.tvs[m.finetuning]
+            merged[name] = ray.put(method_table.post_process(m.merge(tvs, ctx), tvs, ctx.merge))
     return merged
 
 
@@ -196,7 +204,8 @@ def _matrix_items(methods: Sequence[str], inputs: Inputs, running: dict[str, lis
         m = method_table.get(name)
         if m.kind == "merge" and m.matrix and m.finetuning in inputs.tvs:
             tvs, lam = inputs.tvs[m.finetuning], m.default_lambda(ctx.merge)
-            items += [(name, m.finetuning, t, ("tau", ray.put(m.merge(tvs[: t + 1], ctx)), lam)) for t in range(T)]
+            prefix = [method_table.post_process(m.merge(tvs[: t + 1], ctx), tvs[: t + 1], ctx.merge) for t in range(T)]
+            items += [(name, m.finetuning, t, ("tau", ray.put(tau), lam)) for t, tau in enumerate(prefix)]
     return items
 
 
@@ -214,14 +223,15 @@ def eval_workers(cfg: BenchmarkConfig) -> int:
 
 def _evaluate(cfg: BenchmarkConfig, scenario: ScenarioConfig, items: list[Item], workers: int,
               log: Log) -> dict[tuple[str, str, int], tuple[float, list[float], float]]:
-    from pipeline.orchestration.evaluate import evaluate_many
+    from pipeline.orchestration.evaluate import evaluate_many, put_eval_data
     from pipeline.orchestration.train import eval_resources
 
     t0 = time.time()
     res = eval_resources(cfg)
+    data = put_eval_data(cfg, scenario)  # test images and model shipped once, not rebuilt per worker
     chunks = [items[i::workers] for i in range(min(workers, len(items)))]
     evals = ray.get([evaluate_many.options(num_cpus=res["CPU"], num_gpus=res["GPU"])
-                     .remote(cfg, scenario, [c[3] for c in chunk]) for chunk in chunks])
+                     .remote(cfg, scenario, [c[3] for c in chunk], [data]) for chunk in chunks])
     results = {}
     for chunk, got in zip(chunks, evals):
         for item, r in zip(chunk, got):
