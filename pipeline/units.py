@@ -52,7 +52,14 @@ class ChainUnit:
     def label(self) -> str:
         if self.mode == "joint" and joint_spans_dataset(self.scenario):
             return f"{self.scenario.dataset}-joint"
-        suffix = "" if self.mode != "ind" or len(self.tasks) != 1 else f"-t{self.tasks[0]}"
+        suffix = ""
+        if self.mode == "ind" and len(self.tasks) == 1:
+            suffix = f"-t{self.tasks[0]}"
+        elif self.mode == "ind" and self.tasks != tuple(range(_task_count(self.scenario))):
+            # a pack of some of the tasks (plan.pack_independent): its own label, and so its own Train run name
+            first, last = self.tasks[0], self.tasks[-1]
+            contiguous = self.tasks == tuple(range(first, last + 1))
+            suffix = f"-t{first}-{last}" if contiguous else "-t" + "+".join(map(str, self.tasks))
         return f"{self.scenario.label.replace('/', '_')}-{self.mode}{suffix}"
 
     @property
@@ -64,6 +71,14 @@ class ChainUnit:
     def identity(self) -> tuple[str, tuple[int, ...]]:
         """What makes two units the same work, given equal keys: mode and output files."""
         return self.mode, tuple(self.outputs)
+
+
+def _task_count(scenario: ScenarioConfig) -> int:
+    """The scenario's tasks (a domain-incremental one has at most its dataset's domains; as plan.num_tasks)."""
+    from pipeline.scenario import DOMAIN_ORDERS
+
+    domains = DOMAIN_ORDERS.get(scenario.dataset) if scenario.kind == "domain_incremental" else None
+    return min(scenario.tasks, len(domains)) if domains else scenario.tasks
 
 
 def joint_spans_dataset(scenario: ScenarioConfig) -> bool:
@@ -287,6 +302,23 @@ def _load(model, state: dict[str, torch.Tensor]) -> None:
     load_visual_state(_unwrap(model.visual), state)
 
 
+@dataclass
+class EvalData:
+    """What an ``Evaluator`` reads, without the scenario's training data or the dataset files:
+    built once where the scenario is (the driver) and shipped through Ray's object store, so an
+    evaluation worker or Tune trial does not decode the dataset and load the backbone again."""
+
+    model: torch.nn.Module                   # ImageClassifier over θ0
+    theta0: dict[str, torch.Tensor]
+    head: torch.Tensor
+    images: torch.Tensor                     # decoded, eval-transformed test images (test-loader order)
+    labels: torch.Tensor
+    groups: list[np.ndarray]                 # positions of each task's test samples
+    task_classes: list[list[int]]
+    multi_dataset: bool
+    batch_size: int
+
+
 class Evaluator:
     """Evaluation of image-tower weights on a scenario's test set, held in memory when the
     scenario's images are (else read from disk on every call).
@@ -295,20 +327,42 @@ class Evaluator:
     test samples are classified with its own head and the overall figure is the datasets' mean.
     """
 
-    def __init__(self, scn: Scenario, device: str | torch.device = "cpu") -> None:
+    def __init__(self, scn: Scenario | None, device: str | torch.device = "cpu", *,
+                 data: EvalData | None = None) -> None:
         self.scn = scn
         self.device = torch.device(device)
-        self.model = scn.classifier()
+        self.images = self.labels = self.loader = None
+        if data is not None:  # (Evaluator.from_data)
+            self.model, self.theta0, self.head = data.model, data.theta0, data.head
+            self.images, self.labels, self.groups = data.images, data.labels, data.groups
+            self.task_classes, self.multi_dataset, self.batch_size = (data.task_classes, data.multi_dataset,
+                                                                      data.batch_size)
+            return
+        assert scn is not None
+        self.model, self.theta0, self.head = scn.classifier(), scn.theta0, scn.head
+        self.task_classes, self.multi_dataset, self.batch_size = (scn.task_classes, scn.multi_dataset,
+                                                                  scn.cfg.eval_batch_size)
         self.loader = scn.test_loader(scn.cfg.eval_batch_size, 0 if scn.in_memory else scn.cfg.finetune.loader_workers)
-        self.images = self.labels = None
         if scn.in_memory:  # decoded once, then every evaluation is forward passes only
             xs, ys = zip(*self.loader)
             self.images, self.labels = torch.cat(xs), torch.cat([torch.as_tensor(y) for y in ys])
         self.groups = scn.test_eval_groups()
 
+    @classmethod
+    def from_data(cls, data: EvalData, device: str | torch.device = "cpu") -> "Evaluator":
+        return cls(None, device, data=data)
+
+    def data(self) -> EvalData | None:
+        """This evaluator's inputs to ship to other processes (None: its images are read from disk)."""
+        if self.images is None:
+            return None
+        _load(self.model, self.theta0)  # (whatever it evaluated last: it travels as the model over θ0)
+        return EvalData(self.model, self.theta0, self.head, self.images, self.labels, self.groups,
+                        self.task_classes, self.multi_dataset, self.batch_size)
+
     def _batches(self, positions: np.ndarray | None = None):
         """Test batches (of ``positions`` in test-loader order, else all), from memory or disk."""
-        bs = self.scn.cfg.eval_batch_size
+        bs = self.batch_size
         if self.images is not None:
             images, labels = self.images, self.labels
             if positions is not None:
@@ -323,16 +377,15 @@ class Evaluator:
     def __call__(self, state: dict[str, torch.Tensor]) -> tuple[float, list[float]]:
         """(accuracy over the whole test set, accuracy per task), in percent."""
         _load(self.model, state)
-        if self.scn.multi_dataset:
+        if self.multi_dataset:
             per_task = []
             for t, group in enumerate(self.groups):
                 # each dataset's images classified over its own head rows only
-                classes = np.asarray(self.scn.task_classes[t])
-                preds, labels = predict(self.model, self._batches(group), self.scn.head[torch.as_tensor(classes)],
+                classes = np.asarray(self.task_classes[t])
+                preds, labels = predict(self.model, self._batches(group), self.head[torch.as_tensor(classes)],
                                        self.device)
                 per_task.append(accuracy(classes[preds], labels))
             return float(np.mean(per_task)), per_task
-        preds, labels = predict(self.model, self._batches(), self.scn.head, self.device)
+        preds, labels = predict(self.model, self._batches(), self.head, self.device)
         per_task = [accuracy(preds[g], labels[g]) for g in self.groups]
         return accuracy(preds, labels), per_task
-

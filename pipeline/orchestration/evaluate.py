@@ -1,44 +1,79 @@
-"""Evaluation on Ray: one cached evaluator per worker process and scenario."""
+"""Evaluation on Ray: one cached evaluator per worker process and scenario.
+
+The driver, which has built the scenario anyway, ships what an evaluator reads (``EvalData``:
+the classifier over θ0, the decoded test images, the head) through the object store once
+(``put_eval_data``); workers and Tune trials build their evaluator from it instead of decoding
+the whole dataset (train split included) and loading the backbone again in every process.
+"""
 
 from __future__ import annotations
 
-import functools
+from collections import OrderedDict
 from typing import Any
 
 import ray
 import torch
 
 from pipeline.config import BenchmarkConfig, ScenarioConfig
-from pipeline.units import Evaluator
+from pipeline.units import EvalData, Evaluator
+
+_EVALUATORS: OrderedDict[tuple[BenchmarkConfig, ScenarioConfig], Evaluator] = OrderedDict()
+_KEEP = 4  # evaluators kept per process (each holds its scenario's test images)
 
 
-@functools.lru_cache(maxsize=4)
-def evaluator_for(cfg: BenchmarkConfig, scenario: ScenarioConfig) -> Evaluator:
-    """Backbone, head and test tensors are loaded once per process, then reused by every call."""
+def evaluator_for(cfg: BenchmarkConfig, scenario: ScenarioConfig,
+                  data: EvalData | ray.ObjectRef | None = None) -> Evaluator:
+    """Backbone, head and test tensors are loaded once per process, then reused by every call:
+    from ``data`` when given (fetched only on a process's first call), else built here."""
+    key = (cfg, scenario)
+    ev = _EVALUATORS.get(key)
+    if ev is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        if isinstance(data, ray.ObjectRef):
+            data = ray.get(data)
+        if data is not None:
+            ev = Evaluator.from_data(data, device)
+        else:
+            from pipeline.scenario import build_scenario
+
+            ev = Evaluator(build_scenario(cfg, scenario), device)
+        _EVALUATORS[key] = ev
+        while len(_EVALUATORS) > _KEEP:
+            _EVALUATORS.popitem(last=False)
+    _EVALUATORS.move_to_end(key)
+    return ev
+
+
+def put_eval_data(cfg: BenchmarkConfig, scenario: ScenarioConfig) -> ray.ObjectRef | None:
+    """The driver's ``EvalData`` of ``scenario`` in the object store (None where the test images
+    are read from disk on every pass: then each worker builds its own evaluator)."""
     from pipeline.scenario import build_scenario
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    return Evaluator(build_scenario(cfg, scenario), device)
+    data = Evaluator(build_scenario(cfg, scenario), "cpu").data()
+    return None if data is None else ray.put(data)
 
 
 @ray.remote(max_retries=2)
 def evaluate_many(cfg: BenchmarkConfig, scenario: ScenarioConfig,
-                  items: list[tuple[str, Any, float]]) -> list[tuple[float, list[float]]]:
+                  items: list[tuple[str, Any, float]],
+                  data: list[ray.ObjectRef | None] | None = None) -> list[tuple[float, list[float]]]:
     """Evaluate ``(kind, payload, lam)`` items: kind "state" (weights), "tau" (task vector) or
-    "path" (a checkpoint: a local path or a storage URI, read through ``pipeline.storage``)."""
+    "path" (a checkpoint: a local path or a storage URI, read through ``pipeline.storage``).
+    ``data``: ``[put_eval_data(...)]``, inside a list so that Ray does not fetch it for every task:
+    only a process without an evaluator for the scenario reads it."""
     from pipeline.merging import apply_task_vector
     from pipeline.storage import read_tensors
 
     torch.set_num_threads(1)
-    ev = evaluator_for(cfg, scenario)
+    ev = evaluator_for(cfg, scenario, data[0] if data else None)
     out = []
     for kind, payload, lam in items:
         if isinstance(payload, ray.ObjectRef):
             payload = ray.get(payload)
         if kind == "path":
-            state = read_tensors(payload, ev.scn.theta0)
+            state = read_tensors(payload, ev.theta0)
         elif kind == "tau":
-            state = apply_task_vector(ev.scn.theta0, payload, lam)
+            state = apply_task_vector(ev.theta0, payload, lam)
         else:
             state = payload
         out.append(ev(state))

@@ -268,21 +268,24 @@ def _trials(cfg: BenchmarkConfig, methods: Sequence[str], merged: dict[str, Any]
 
 def _sweep(cfg: BenchmarkConfig, scenario: ScenarioConfig, merged: dict[str, Any], trials: list[dict[str, Any]],
            workers: int, log: Log) -> list[dict[str, Any]]:
-    from pipeline.orchestration.evaluate import evaluate_many
+    from pipeline.orchestration.evaluate import evaluate_many, put_eval_data
     from pipeline.orchestration.sweep import run_sweep
     from pipeline.orchestration.train import eval_resources
 
     t0 = time.time()
+    data = put_eval_data(cfg, scenario)  # as in _evaluate: no trial decodes the dataset again
     if cfg.ray.tune_sweep:
-        # named by config and trial grid: a rerun reads the records of this grid's finished trials
+        # named by config and trial grid: a rerun reads the records of this grid's finished trials;
+        # one Tune trial per evaluation slot, each evaluating a group of (method, λ) pairs
         swept = run_sweep(cfg, scenario, merged, trials, storage.join(cfg.storage, "ray_tune"),
-                          f"sweep-{cfg.name.replace('/', '_')}-{scenario.label.replace('/', '_')}-{config_hash([cfg, trials])}")
+                          f"sweep-{cfg.name.replace('/', '_')}-{scenario.label.replace('/', '_')}-{config_hash([cfg, trials])}",
+                          groups=workers, data=data)
     else:
         # the same trials as evaluation tasks: their warm workers skip Tune's per-scenario actors
         grid = [("tau", merged[tr["method"]], tr["lam"]) for tr in trials]
         res = eval_resources(cfg)
         done = ray.get([evaluate_many.options(num_cpus=res["CPU"], num_gpus=res["GPU"])
-                        .remote(cfg, scenario, grid[i::workers]) for i in range(min(workers, len(grid)))])
+                        .remote(cfg, scenario, grid[i::workers], [data]) for i in range(min(workers, len(grid)))])
         swept = [{}] * len(trials)
         for i, got in enumerate(done):
             for j, (overall, per_task) in zip(range(i, len(trials), workers), got):
