@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in METHODS[: max(m for m, _ in sweeps)]:
             kwargs = {"random_mix": {"seed": 0}, "ties": {"top_k": 0.2}}.get(name, {})
             start = time.perf_counter()
-            merged[name] = merging.METHODS[name](tvs, **kwargs)
+            merged[name] = merging.MERGE_FUNCTIONS[name](tvs, **kwargs)
             merge_s[name] = time.perf_counter() - start
         ev(theta0)  # warm-up: first forward allocates
 

@@ -28,7 +28,45 @@ def test_merge_bench_quick(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "## MagMax fold vs copy" in out and "naive_magmax" in out and "kth_magnitude" in out
     assert "bit-identical at every T run: True" in out
+    for name in ("breadcrumbs", "dare_ta", "dare_ties", "consensus", "tsv_merge", "iso_c", "iso_cts", "wudi",
+                 "lines", "opcm", "dop"):
+        assert f"| {name} " in out, name
+    assert "needs all T" in out and "naive_magmax yes" in out and "dop no" in out
     assert not (tmp_path / "tv").exists()  # the task-vector files are cleaned up
+
+
+def test_merge_bench_stops_a_case_over_budget(tmp_path, capsys):
+    # a zero budget stops the case at its first input read: reported, not crashed, not a number
+    assert _bench("merge").main(["--quick", "--tasks", "2", "--reps", "1", "--bandwidth-threads", "1",
+                                 "--methods", "copy", "tsv_merge", "--case-budget", "0",
+                                 "--dir", str(tmp_path / "tv")]) == 0
+    out = capsys.readouterr().out
+    assert "tsv_merge, T=2: NOT finished" in out and "too little done to extrapolate" in out
+
+
+def test_merge_bench_work_fraction():
+    bench = _bench("merge")
+    shapes = {"a.weight": (4, 2), "b.bias": (3,), "c.weight": (2, 2)}
+    progress = bench._Progress(list(shapes), deadline=0.0)
+    progress.index = 2  # reading c.weight: a.weight and b.bias are done
+    # SVD work m n min(m, n): 4*2*2 = 16 of 16 + 8; non-matrix entries cost nothing
+    assert bench._fraction_done("tsv_merge", progress, shapes, 3) == 16 / 24
+    # running merges: one pass per vector after the first; in pass 2 of 2 (T = 3), half done
+    progress.vector = 2
+    assert bench._fraction_done("opcm", progress, shapes, 3) == (1 + 16 / 24) / 2
+
+
+def test_peers_bench_says_why_without_fusion_bench(capsys):
+    pytest.importorskip("torch")
+    try:
+        import fusion_bench  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("FusionBench is installed here: the comparison itself would run (minutes)")
+    assert _bench("peers").main(["--shapes", "tiny", "-T", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "FusionBench cannot be imported" in err and "fusion_bench" in err
 
 
 def test_eval_bench_quick(capsys):

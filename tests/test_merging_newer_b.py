@@ -326,3 +326,26 @@ def test_tsv_rejects_bad_rank_fraction(value):
 def test_iso_cts_rejects_bad_fraction(value):
     with pytest.raises(ValueError, match="common_space_fraction"):
         iso_cts([{"w": torch.ones(2, 2)}], common_space_fraction=value)
+
+
+def test_svd_falls_back_when_the_transposed_decomposition_does_not_converge(monkeypatch):
+    """LAPACK may fail on a wide matrix's transpose (Iso-CTS's rank-deficient residual at ViT-B/16
+    size): the decomposition is then taken of the matrix as it is."""
+    import torch
+
+    from pipeline.merging import tsv
+
+    real = torch.linalg.svd
+    calls = []
+
+    def flaky(a, full_matrices=True):
+        calls.append(tuple(a.shape))
+        if len(calls) == 1:
+            raise torch.linalg.LinAlgError("linalg.svd: The algorithm failed to converge")
+        return real(a, full_matrices=full_matrices)
+
+    a = torch.tensor([[3.0, 0.0, 0.0], [0.0, 2.0, 0.0]])  # wide: first tried through its transpose
+    monkeypatch.setattr(torch.linalg, "svd", flaky)
+    u, s, vh = tsv.svd(a, "w")
+    assert calls == [(3, 2), (2, 3)]
+    assert torch.allclose(s, torch.tensor([3.0, 2.0])) and torch.allclose(u @ torch.diag(s) @ vh, a)

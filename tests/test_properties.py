@@ -132,7 +132,7 @@ def test_magmax_picks_the_latest_of_equal_magnitudes():
 
 def _call(name, tvs, **kw):
     extra = {"random_mix": {"seed": 3}, "ties": {"top_k": 0.3}, "kth_magnitude": {"k": len(tvs)}}.get(name, {})
-    return M.METHODS[name](tvs, **extra, **kw)
+    return M.MERGE_FUNCTIONS[name](tvs, **extra, **kw)
 
 
 @PROPS

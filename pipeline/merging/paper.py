@@ -8,18 +8,20 @@ slice of about 2M stacked entries themselves when ``chunk_numel`` is None. Resul
 the chunk size. Task vectors may be memory-mapped (e.g. ``safetensors.safe_open``): inputs are
 only read, one slice at a time.
 
-Methods (``METHODS``): ``magmax`` (``maxabs`` is the same function applied to independently
+Methods (``MERGE_FUNCTIONS``): ``magmax`` (``maxabs`` is the same function applied to independently
 fine-tuned vectors, the paper's MaxAbs baseline), ``average``, ``task_arithmetic``,
-``random_mix``, ``ties``, ``kth_magnitude``. A new method is one function plus
-``register_method(name, fn)``.
+``random_mix``, ``ties``, ``kth_magnitude``. A config runs a merge through the method table
+(``pipeline.methods.register_method``).
 
 No Ray, no open_clip, no file I/O in this module.
 """
 
 from __future__ import annotations
 
+
 import hashlib
 import math
+import types
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -42,8 +44,7 @@ __all__ = [
     "trim_options",
     "rescale_to_norm",
     "apply_task_vector",
-    "METHODS",
-    "register_method",
+    "MERGE_FUNCTIONS",
 ]
 
 TaskVector = dict[str, torch.Tensor]
@@ -799,24 +800,14 @@ def apply_task_vector(
 
 
 # --------------------------------------------------------------------------------------------
-# Registry
+# The functions by their own names, for benchmarks and tests that iterate them. The methods a
+# config can run (names, λ, which fine-tuning they merge) are the method table, pipeline.methods.
 
-METHODS: dict[str, Callable[..., TaskVector]] = {
+MERGE_FUNCTIONS: Mapping[str, Callable[..., TaskVector]] = types.MappingProxyType({
     "magmax": magmax,
     "average": average,
     "task_arithmetic": task_arithmetic,
     "random_mix": random_mix,
     "ties": ties,
     "kth_magnitude": kth_magnitude,
-}
-
-
-def register_method(name: str, fn: Callable[..., TaskVector], *, overwrite: bool = False) -> None:
-    """Add a merge method ``fn(tvs, **kwargs) -> TaskVector`` to ``METHODS``."""
-    if not isinstance(name, str) or not name:
-        raise ValueError("method name must be a non-empty string")
-    if not callable(fn):
-        raise ValueError(f"method {name!r} is not callable")
-    if name in METHODS and not overwrite:
-        raise ValueError(f"merge method {name!r} is already registered")
-    METHODS[name] = fn
+})

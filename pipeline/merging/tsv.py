@@ -52,9 +52,21 @@ def svd(a: torch.Tensor, key: str) -> tuple[torch.Tensor, torch.Tensor, torch.Te
         if a.shape[0] < a.shape[1] and a.device.type == "cpu":
             # a wide matrix through its tall transpose: the same decomposition, and torch's CPU
             # SVD of a 768 x 3072 matrix takes about twice as long as of its transpose
-            v, s, uh = torch.linalg.svd(a.T, full_matrices=False)
-            return uh.T, s, v.T
-        return torch.linalg.svd(a, full_matrices=False)
+            try:
+                v, s, uh = torch.linalg.svd(a.T, full_matrices=False)
+                return uh.T, s, v.T
+            except RuntimeError:
+                # LAPACK's divide-and-conquer can fail to converge on a rank-deficient transpose
+                # (Iso-CTS's residual at ViT-B/16 size) where the matrix as it is converges
+                pass
+        try:
+            return torch.linalg.svd(a, full_matrices=False)
+        except RuntimeError:
+            if a.dtype == torch.float64:
+                raise
+            # the last resort: float64, cast back (same subspaces, more accurate)
+            u, s, vh = torch.linalg.svd(a.double(), full_matrices=False)
+            return u.to(a.dtype), s.to(a.dtype), vh.to(a.dtype)
     except RuntimeError as err:  # torch.linalg.LinAlgError is a RuntimeError
         raise ValueError(f"SVD failed for entry {key!r} of shape {tuple(a.shape)}: {err}") from err
 
