@@ -1,10 +1,12 @@
 """The real entry point, through Ray Train, the MagMax actor and Tune, on a tiny config."""
 
 import json
+import shutil
 import time
 
 import pandas as pd
 import pytest
+from conftest import PAPER_METHODS
 
 from pipeline.results import KEY_COLUMNS, read_run
 
@@ -16,18 +18,18 @@ def _argv(tmp_path, data_root, name="e2e"):
         "--config", "configs/demo.yaml",
         f"name={name}", f"storage={tmp_path / 'storage'}", f"data_root={data_root}", "demo_data=false",
         "scenarios.0.tasks=2", "finetune.epochs=1", "finetune.batch_size=32",
-        "merge.sweep_lambdas=[0.5,1.0]",
+        "merge.sweep_lambdas=[0.5,1.0]", PAPER_METHODS,
     ]
 
 
-def test_run_benchmark_end_to_end_and_resume(tmp_path, demo_data_root, ray_session, monkeypatch):
+def test_run_benchmark_end_to_end_and_resume(tiny_demo_run, tmp_path, monkeypatch):
+    # the run itself is the shared tiny_demo_run (conftest.py): its argv is _argv's with name=e2e
     from jobs import run_benchmark
 
     monkeypatch.chdir(run_benchmark.ROOT)
-    start = time.time()
-    assert run_benchmark.main(_argv(tmp_path, demo_data_root)) == 0
-    first = time.time() - start
-    run_dir = tmp_path / "storage" / "e2e"
+    first = tiny_demo_run.seconds
+    storage_dir = tiny_demo_run.storage
+    run_dir = tiny_demo_run.run_dir
     summary = json.loads((run_dir / "summary.json").read_text())
     for key in ("chance", "zero_shot", "joint", "seq_ft", "lwf", "ewc", "randmix", "maxabs", "avg", "ties",
                 "magmax", "seq_ft_first_task_forgetting", "sign_conflicts_ind", "sign_conflicts_seq"):
@@ -47,33 +49,37 @@ def test_run_benchmark_end_to_end_and_resume(tmp_path, demo_data_root, ray_sessi
     mat = df[(df.role == "matrix") & (df.method == "seq_ft") & (df.eval_task >= 0)]
     assert len(mat) == 4
     assert (run_dir / "config.yaml").is_file() and (run_dir / "report" / "table.md").is_file()
-    ckpts = sorted((tmp_path / "storage" / "checkpoints").rglob("task_*.safetensors"))
+    ckpts = sorted((storage_dir / "checkpoints").rglob("task_*.safetensors"))
     assert len(ckpts) == 2 + 2 + 2 + 2 + 1  # seq, ind, lwf, ewc chains and joint
 
     # a rerun of the finished plan fine-tunes nothing and writes no new rows
     mtimes = {p: p.stat().st_mtime for p in ckpts}
     start = time.time()
-    assert run_benchmark.main(_argv(tmp_path, demo_data_root)) == 0
+    assert run_benchmark.main(tiny_demo_run.argv(storage_dir)) == 0
     again = time.time() - start
     assert {p: p.stat().st_mtime for p in ckpts} == mtimes
     pd.testing.assert_frame_equal(read_run(run_dir / "results"), df)
     assert again < first
 
     # a finished run on read-only storage still runs (nothing is rewritten); the storage folder
-    # moved elsewhere is the same run
+    # moved elsewhere is the same run (a copy: the shared run's folder stays where it is)
     from pipeline import storage
 
     def refuse(path, *_a, **_k):
         raise PermissionError(f"read-only: {path}")
 
     moved = tmp_path / "moved"
-    (tmp_path / "storage").rename(moved)
-    with monkeypatch.context() as m:
-        m.setattr(storage, "write_text", refuse)
-        m.setattr(storage, "write_bytes", refuse)
-        m.setattr(storage, "atomic_output", refuse)
-        argv = [a if not a.startswith("storage=") else f"storage={moved}" for a in _argv(tmp_path, demo_data_root)]
-        assert run_benchmark.main([*argv, "--no-report"]) == 0
+    shutil.copytree(storage_dir, moved)
+    away = storage_dir.with_name("away")  # while the copy runs, nothing is at the old path
+    storage_dir.rename(away)
+    try:
+        with monkeypatch.context() as m:
+            m.setattr(storage, "write_text", refuse)
+            m.setattr(storage, "write_bytes", refuse)
+            m.setattr(storage, "atomic_output", refuse)
+            assert run_benchmark.main([*tiny_demo_run.argv(moved), "--no-report"]) == 0
+    finally:
+        away.rename(storage_dir)
 
 
 def test_a_diverging_unit_fails_alone_and_is_recorded(tmp_path, demo_data_root, ray_session, monkeypatch):

@@ -379,24 +379,21 @@ def test_on_s3_a_truncated_checkpoint_is_moved_aside(capsys):
 # through the real entry point
 
 
-def _argv(tmp_path, data_root):
-    # tests/test_end_to_end.py's tiny demo
-    return ["--config", "configs/demo.yaml", "name=integrity", f"storage={tmp_path / 'storage'}",
-            f"data_root={data_root}", "demo_data=false", "scenarios.0.tasks=2", "finetune.epochs=1",
-            "finetune.batch_size=32", "merge.sweep_lambdas=[0.5,1.0]", "--no-report"]
-
-
 @pytest.mark.slow
-def test_a_rerun_recomputes_damaged_files_and_gets_a_fresh_runs_results(tmp_path, demo_data_root, ray_session,
-                                                                        monkeypatch, capsys):
+def test_a_rerun_recomputes_damaged_files_and_gets_a_fresh_runs_results(tmp_path, tiny_demo_run, monkeypatch,
+                                                                        capsys):
+    import shutil
+
     import pandas as pd
 
     from jobs import run_benchmark
 
     monkeypatch.chdir(run_benchmark.ROOT)
-    assert run_benchmark.main(_argv(tmp_path, demo_data_root)) == 0
-    run_dir = tmp_path / "storage" / "integrity"
-    fresh = read_run(run_dir / "results")
+    # a copy of the suite's finished tiny demo (tests/test_end_to_end.py's), damaged below
+    shutil.copytree(tiny_demo_run.storage, tmp_path / "storage")
+    argv = tiny_demo_run.argv(tmp_path / "storage", "--no-report")
+    run_dir = tmp_path / "storage" / "e2e"
+    fresh = read_run(tiny_demo_run.run_dir / "results")
     by_unit = {(storage.read_metadata(p)["unit"], p.name): p
                for p in (tmp_path / "storage" / "checkpoints").rglob("task_*.safetensors")}
     zeroed = next(p for (unit, name), p in by_unit.items()
@@ -409,7 +406,7 @@ def test_a_rerun_recomputes_damaged_files_and_gets_a_fresh_runs_results(tmp_path
     _truncate(part)
     capsys.readouterr()
 
-    assert run_benchmark.main(_argv(tmp_path, demo_data_root)) == 0
+    assert run_benchmark.main(argv) == 0
     err = capsys.readouterr().err
     for path, then in ((zeroed, "fine-tuned again"), (truncated, "fine-tuned again"), (part, "run again")):
         line = _one_line_naming(err, path)
@@ -418,4 +415,7 @@ def test_a_rerun_recomputes_damaged_files_and_gets_a_fresh_runs_results(tmp_path
     assert storage.check_tensors_file(zeroed) and storage.check_tensors_file(truncated)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["fine_tuned_tasks"] == 2 and summary["failures"] == []
-    pd.testing.assert_frame_equal(read_run(run_dir / "results"), fresh)  # the same numbers as the fresh run
+    # the same numbers as the fresh run (the config hash covers storage, which is the copy's here)
+    after = read_run(run_dir / "results")
+    assert after.config_hash.nunique() == 1
+    pd.testing.assert_frame_equal(after.drop(columns="config_hash"), fresh.drop(columns="config_hash"))

@@ -1,5 +1,9 @@
 """The cluster workflow on this machine: `ray start --head`, `ray job submit` the demo, `ray stop`.
 
+The job is the demo's entry point and config, cut to 2 tasks of 1 epoch on the suite's small demo
+world with a 2-point λ grid: the workflow (submission, the job's own driver joining the head,
+every method, the report) is the same as the full demo's, in a fraction of its time.
+
 `ray stop` ends every Ray process on the machine, so this test runs last (conftest orders
 ``ray_cli`` tests after all others) and first shuts the suite's own Ray session down.
 """
@@ -15,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.results import KEY_COLUMNS, read_run
+from conftest import PAPER_METHODS
 from ports import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray_cli]
@@ -32,7 +37,7 @@ def _ray_processes() -> list[str]:
     return [line for line in out if "gcs_server" in line or "/raylet" in line]
 
 
-def test_ray_start_job_submit_the_demo_ray_stop(tmp_path):
+def test_ray_start_job_submit_the_demo_ray_stop(tmp_path, demo_data_root):
     import ray
 
     if ray.is_initialized():
@@ -45,14 +50,16 @@ def test_ray_start_job_submit_the_demo_ray_stop(tmp_path):
                    "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--disable-usage-stats", env=env)
     assert started.returncode == 0, started.stdout + started.stderr
     try:
-        storage, data = tmp_path / "storage", tmp_path / "data"
+        storage = tmp_path / "storage"
         t0 = time.time()
         submit = _ray("job", "submit", "--address", f"http://127.0.0.1:{dash}", "--working-dir", str(ROOT), "--",
-                      "python", "jobs/run_benchmark.py", f"storage={storage}", f"data_root={data}",
-                      env=env, timeout=1800)
+                      "python", "jobs/run_benchmark.py", f"storage={storage}", f"data_root={demo_data_root}",
+                      "demo_data=false", "scenarios.0.tasks=2", "finetune.epochs=1", "finetune.batch_size=32",
+                      "merge.sweep_lambdas=[0.5,1.0]", PAPER_METHODS, env=env, timeout=1800)
         log = submit.stdout + submit.stderr
         assert submit.returncode == 0, log[-5000:]
         assert "succeeded" in log, log[-3000:]
+        assert "joined" in log, log[-3000:]  # the job's driver joined the head, it did not start its own Ray
         print(f"demo through ray job submit: {time.time() - t0:.0f}s")
     finally:
         stopped = _ray("stop", env=env)
@@ -63,12 +70,12 @@ def test_ray_start_job_submit_the_demo_ray_stop(tmp_path):
     run = storage / "demo"
     df = read_run(run / "results")
     assert not df.duplicated(list(KEY_COLUMNS)).any()
-    parts = sorted(p.stem for p in (run / "results" / "demo_shapes_5").glob("*.parquet"))
+    parts = sorted(p.stem for p in (run / "results" / "demo_shapes_2").glob("*.parquet"))
     assert parts == ["analysis", "final", "matrix", "sweep"]
     final = set(df[df.role == "final"].method)
     assert final == {"zero_shot", "joint", "seq_ft", "lwf", "ewc", "randmix", "maxabs", "avg", "ties", "magmax"}
     sweep = df[df.role == "sweep"]
-    assert len(sweep) == 5 * 20  # Figure 9's grid for every method that has λ
+    assert len(sweep) == 5 * 2  # the λ grid for every method that has λ
     matrix = df[(df.role == "matrix") & (df.eval_task >= 0)]
-    assert len(matrix[matrix.method == "magmax"]) == 5 * 5
+    assert len(matrix[matrix.method == "magmax"]) == 2 * 2
     assert (run / "report" / "table.md").is_file() and (run / "summary.json").is_file()

@@ -111,13 +111,43 @@ def test_a_torn_epoch_state_costs_an_epoch_not_the_run(scn, tmp_path):
     assert store.load_epoch(0, scn.theta0) is None
 
 
+def _four_task_vectors() -> list[dict[str, torch.Tensor]]:
+    g = torch.Generator().manual_seed(0)
+    return [{"w": torch.randn(64, 8, generator=g), "b": torch.randn(8, generator=g)} for _ in range(4)]
+
+
+def test_the_magmax_state_survives_a_restart_and_folds_a_retry_once(tmp_path):
+    # the actor's logic without Ray: a "restart" is a new MagMaxState on the same state folder
+    from pipeline.orchestration.magmax_actor import MagMaxState
+
+    tvs = _four_task_vectors()
+    state = MagMaxState(str(tmp_path / "actor"))
+    assert state.add("t0", tvs[0]) == 1
+    assert state.add("t1", tvs[1]) == 2
+    state = MagMaxState(str(tmp_path / "actor"))  # restarted: __init__ reloads the persisted state
+    assert state.folded_tags() == ["t0", "t1"]
+    assert state.add("t1", tvs[1]) == 2  # a retried fold is not folded twice
+    assert state.add("t2", tvs[2]) == 3
+    state = MagMaxState(str(tmp_path / "actor"))
+    assert state.add("t3", tvs[3]) == 4
+    assert state.folded_tags() == ["t0", "t1", "t2", "t3"]
+    got, want = state.value(), magmax(tvs)
+    assert set(got) == set(want)
+    for key in want:
+        assert torch.equal(got[key], want[key]), key
+    got["w"].zero_()  # value() hands out copies: the running state is not the caller's to change
+    assert torch.equal(state.value()["w"], want["w"])
+    assert MagMaxState(str(tmp_path / "fresh")).folded_tags() == []
+
+
+@pytest.mark.slow
 def test_killing_the_magmax_actor_mid_sequence_keeps_the_merged_vector(ray_session, tmp_path):
     import ray
 
     from pipeline.orchestration.magmax_actor import MagMaxActor
+    from pipeline.orchestration.runner import state_api_available
 
-    g = torch.Generator().manual_seed(0)
-    tvs = [{"w": torch.randn(64, 8, generator=g), "b": torch.randn(8, generator=g)} for _ in range(4)]
+    tvs = _four_task_vectors()
     actor = MagMaxActor.remote(str(tmp_path / "actor"))
     assert ray.get(actor.add.remote("t0", tvs[0])) == 1
     assert ray.get(actor.add.remote("t1", tvs[1])) == 2
@@ -132,6 +162,9 @@ def test_killing_the_magmax_actor_mid_sequence_keeps_the_merged_vector(ray_sessi
     for key in want:
         assert torch.equal(got[key], want[key]), key
     ray.kill(actor)
+    # the suite's session runs without a dashboard: the real probe says so (the driver's warning
+    # that follows from it is checked without Ray below)
+    assert state_api_available() is False
 
 
 def test_a_run_folder_refuses_results_of_another_config(scn, tmp_path):
@@ -242,8 +275,45 @@ def test_a_damaged_sweep_record_is_evaluated_again_not_trusted(tmp_path):
     assert read_record(str(tmp_path), trial) is None  # a record of another trial
 
 
-def test_a_cluster_without_its_state_api_is_noticed(ray_session):
-    # the suite's session runs without a dashboard: Train could not clean up after a lost controller
-    from pipeline.orchestration.runner import state_api_available
+def test_a_cluster_without_its_state_api_is_noticed(monkeypatch):
+    """The driver's own warning (init_ray) when the cluster it joins has no State API; no Ray runs:
+    init_ray's Ray calls are stand-ins, the probe (state_api_available) is the real one, and only
+    Ray's State API call under it answers as a cluster with or without its dashboard would."""
+    from types import SimpleNamespace
 
-    assert state_api_available() is False
+    import ray.util.state
+
+    from pipeline.orchestration import runner
+
+    joined = []
+    fake_ray = SimpleNamespace(
+        is_initialized=lambda: False, init=lambda **kw: joined.append(kw["address"]),
+        get_runtime_context=lambda: SimpleNamespace(gcs_address="10.0.0.1:6379"),
+        cluster_resources=lambda: {"CPU": 4.0}, nodes=lambda: [{}, {}])
+    monkeypatch.setattr(runner, "ray", fake_ray)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    probes = []
+
+    def no_dashboard(**kw):
+        probes.append(kw)
+        raise ConnectionError("Failed to connect to API server")
+
+    monkeypatch.setattr(ray.util.state, "list_nodes", no_dashboard)
+    told = SimpleNamespace(ray=SimpleNamespace(address="10.0.0.1:6379"))
+    lines: list[str] = []
+    runner.init_ray(told, log=lines.append)
+    assert joined == ["10.0.0.1:6379"] and len(probes) == 1
+    warning = [line for line in lines if line.startswith("warning:")]
+    assert len(warning) == 1, lines
+    assert "dashboard (Ray's State API) does not answer" in warning[0]
+    assert "retried unit can wait forever" in warning[0] and "Start the head with the dashboard on" in warning[0]
+
+    # a cluster whose dashboard answers: no warning
+    monkeypatch.setattr(ray.util.state, "list_nodes", lambda **kw: probes.append(kw) or [])
+    lines.clear()
+    runner.init_ray(told, log=lines.append)
+    assert len(probes) == 2 and not [line for line in lines if "State API" in line], lines
+    # a private local cluster (nothing told): nothing to probe, nothing said
+    lines.clear()
+    runner.init_ray(SimpleNamespace(ray=SimpleNamespace(address="")), log=lines.append)
+    assert joined[-1] == "local" and len(probes) == 2 and not [line for line in lines if "State API" in line]

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import PAPER_METHODS
 
 from pipeline import storage
 from pipeline.results import KEY_COLUMNS, read_run
@@ -42,7 +43,7 @@ def test_demo_on_s3_storage_reruns_from_cache_and_reports(tmp_path, demo_data_ro
         root = s3.uri("runs")
         argv = ["jobs/run_benchmark.py", "--config", "configs/demo.yaml", "profile=tiny", "name=s3demo",
                 f"storage={root}", f"data_root={demo_data_root}", "demo_data=false", "scenarios.0.tasks=2",
-                "max_eval_per_class=3"]
+                "max_eval_per_class=3", PAPER_METHODS]
         t0 = time.time()
         first = _run(argv, env, timeout=240)
         took = time.time() - t0

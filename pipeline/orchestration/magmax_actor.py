@@ -16,8 +16,9 @@ from pipeline.merging import RunningMagMax
 from pipeline.storage import exists, join, read_metadata, read_tensors, write_tensors
 
 
-@ray.remote(num_cpus=0, max_restarts=3, max_task_retries=3)
-class MagMaxActor:
+class MagMaxState:
+    """The actor's logic as a plain class: tested without Ray, wrapped as ``MagMaxActor`` below."""
+
     def __init__(self, state_dir: str) -> None:
         self.state_file = join(state_dir, "running_magmax.safetensors")
         self.running = RunningMagMax()
@@ -41,3 +42,8 @@ class MagMaxActor:
 
     def folded_tags(self) -> list[str]:
         return list(self.folded)
+
+
+@ray.remote(num_cpus=0, max_restarts=3, max_task_retries=3)
+class MagMaxActor(MagMaxState):
+    """``MagMaxState`` as a restartable Ray actor (a subclass, so Ray and its dashboard name it so)."""
