@@ -7,7 +7,8 @@ RUN_DIR and DIR may be local folders or storage URIs (read and written through
 ``pipeline.storage``; a URI's report is rendered into a local temp folder, then uploaded).
 Writes into DIR (default RUN_DIR/report): table.md/.tex (every final result), the paper's
 tables the run belongs to as table<N>.md/.tex with the paper's numbers beside ours (or exactly
---tables), the figures whose rows exist as PNG and PDF, and index.md linking all of it. Prints
+--tables), the figures whose rows exist as PNG and PDF, index.md linking all of it, and
+index.html, all of it on one self-contained page (figures embedded, config.yaml shown). Prints
 the Markdown result table and the paper tables written.
 """
 
@@ -29,20 +30,23 @@ except ModuleNotFoundError:
     from pipeline import report
 
 from pipeline import paper, results, storage
+from pipeline.report.html import run_config_text
 
 
 def render(df: Any, out: str | os.PathLike[str], tables: Sequence[str] | None = None,
-           backbone: str | None = None) -> dict[str, str]:
+           backbone: str | None = None, config: str | None = None) -> dict[str, str]:
     """``report.write_report`` into ``out``, a local folder or a storage URI; returns
-    ``{name: path or URI}`` as it names them.
+    ``{name: path or URI}`` as it names them. ``config``: the run's config.yaml text, shown in
+    index.html (``run_config_text(run_dir)`` reads it).
 
     The tables and figures are drawn by local tools (matplotlib writes files), so a URI's report
     is rendered into a temp folder first and then uploaded file by file, each whole.
     """
     if not storage.is_uri(out):
-        return {k: str(v) for k, v in report.write_report(df, out, tables=tables, backbone=backbone).items()}
+        return {k: str(v) for k, v in report.write_report(df, out, tables=tables, backbone=backbone,
+                                                          config=config).items()}
     with tempfile.TemporaryDirectory(prefix="magmax-report-") as tmp:
-        paths = report.write_report(df, tmp, tables=tables, backbone=backbone)
+        paths = report.write_report(df, tmp, tables=tables, backbone=backbone, config=config)
         storage.upload_dir(tmp, out)
         return {k: storage.join(out, *Path(v).relative_to(tmp).parts) for k, v in paths.items()}
 
@@ -71,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"make_report: no results under {args.run_dir}", file=sys.stderr)
         return 1
     try:
-        paths = render(df, out, tables=args.tables, backbone=args.backbone)
+        paths = render(df, out, tables=args.tables, backbone=args.backbone, config=run_config_text(args.run_dir))
     except (ValueError, OSError) as e:
         print(f"make_report: {e}", file=sys.stderr)
         return 1

@@ -75,10 +75,11 @@ def _run_one(cfg: BenchmarkConfig, no_report: bool) -> int:
         from jobs.make_report import render
         from pipeline import storage
         from pipeline.orchestration.runner import resolve_paths
+        from pipeline.report.html import run_config_text
         from pipeline.results import read_run
 
         run_dir = storage.join(resolve_paths(cfg).storage, cfg.name)
-        paths = render(read_run(run_dir), storage.join(run_dir, "report"))
+        paths = render(read_run(run_dir), storage.join(run_dir, "report"), config=run_config_text(run_dir))
         if "table_md" in paths:
             print(storage.read_text(paths["table_md"]))
         print(f"report: {storage.shown(paths['index'])}")

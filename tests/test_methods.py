@@ -205,7 +205,7 @@ def test_lines_after_any_merge_by_hand():
         load_config("configs/demo.yaml", ["merge.post=linez"])
 
 
-def _final(method, finetuning, scenario, value, seed=5, backbone="ViT-B-16", lam=1.0):
+def _final(method, finetuning, scenario, value, seed=5, backbone="ViT-B-16/openai", lam=1.0):
     return {"run": "r", "scenario": scenario, "dataset": scenario.split("/")[0], "backbone": backbone, "seed": seed,
             "method": method, "finetuning": finetuning, "lam": lam, "after_task": 4, "eval_task": -1, "role": "final",
             "metric": "accuracy", "value": value, "config_hash": "h", "code_version": "v"}

@@ -172,7 +172,7 @@ def test_write_report_writes_everything(df, tmp_path):
     paths = report.write_report(df, tmp_path / "rep")
     figures = ("accuracy_matrices", "lambda_sweep", "sign_conflicts")
     # cifar100/3 and cars/3 are no paper scenario: no paper table, only table.md
-    expected = {"table_md", "table_tex", "index", *figures, *(f"{f}_pdf" for f in figures)}
+    expected = {"table_md", "table_tex", "index", "index_html", *figures, *(f"{f}_pdf" for f in figures)}
     assert set(paths) == expected
     for key, p in paths.items():
         assert p.exists() and p.stat().st_size > 0, key
@@ -192,14 +192,14 @@ def test_write_report_writes_everything(df, tmp_path):
 def test_write_report_skips_absent_figures_and_pdf(df, tmp_path):
     only_final = df[df["role"] == "final"]
     paths = report.write_report(only_final, tmp_path / "a")
-    assert set(paths) == {"table_md", "table_tex", "index"}
+    assert set(paths) == {"table_md", "table_tex", "index", "index_html"}
     assert not (tmp_path / "a" / "lambda_sweep.png").exists()
     sweep = df[df["role"] == "sweep"]
     paths = report.write_report(sweep, tmp_path / "b", suffixes=(".png", ".pdf"))
-    assert set(paths) == {"lambda_sweep", "lambda_sweep_pdf", "index"}
+    assert set(paths) == {"lambda_sweep", "lambda_sweep_pdf", "index", "index_html"}
     assert paths["lambda_sweep_pdf"].read_bytes()[:4] == b"%PDF"
     paths = report.write_report(sweep, tmp_path / "c", suffixes=(".png",))
-    assert set(paths) == {"lambda_sweep", "index"}
+    assert set(paths) == {"lambda_sweep", "index", "index_html"}
 
 
 def write_run(df: pd.DataFrame, run_dir: Path) -> None:

@@ -29,9 +29,11 @@ from pipeline.report.figures import (
     plot_sign_conflicts,
     plot_update_consistency,
 )
+from pipeline.report.html import BEYOND_TITLE, report_html, run_config_text
 from pipeline.report.render import paper_latex, paper_markdown, to_latex, to_markdown
 from pipeline.report.rows import has_rows, matrix_rows, sweep_curves
-from pipeline.report.tables import analysis_table, available_tables, beyond_table, final_table, paper_table
+from pipeline.report.tables import (PaperTable, analysis_table, available_tables, beyond_table, final_table,
+                                    paper_table)
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,7 @@ FIGURES: tuple[FigureSpec, ...] = (
 
 def write_report(run_dir_or_df: str | os.PathLike[str] | pd.DataFrame, out_dir: str | os.PathLike[str],
                  suffixes: Sequence[str] = (".png", ".pdf"), tables: Sequence[str] | None = None,
-                 backbone: str | None = None) -> dict[str, Path]:
+                 backbone: str | None = None, config: str | None = None) -> dict[str, Path]:
     """Write tables and figures of a run into ``out_dir``; return ``{name: path}``.
 
     - ``table_md``/``table_tex``: every final result (``final_table``), when there are any.
@@ -89,6 +91,8 @@ def write_report(run_dir_or_df: str | os.PathLike[str] | pd.DataFrame, out_dir: 
       ``<stem>_pdf`` (etc.) for the other ``suffixes``. A figure whose rows are malformed is
       skipped with a warning and a note in the index instead of failing the whole report.
     - ``index``: ``index.md`` linking all of it, with the tables inline.
+    - ``index_html``: ``index.html``, the same as one self-contained page (``pipeline.report.html``) with
+      ``config`` (the run's config.yaml text; read from the run folder when one is given) in it.
     """
     df = run_dir_or_df if isinstance(run_dir_or_df, pd.DataFrame) else results.read_run(run_dir_or_df)
     if backbone is not None and tables is None:
@@ -109,6 +113,7 @@ def write_report(run_dir_or_df: str | os.PathLike[str] | pd.DataFrame, out_dir: 
         paths["table_tex"].write_text(to_latex(table))
 
     rendered: dict[str, str] = {}
+    paper_tables: dict[str, PaperTable] = {}
     beyond = beyond_table(df)
     if not beyond.empty:
         rendered["beyond"] = to_markdown(beyond)
@@ -119,6 +124,7 @@ def write_report(run_dir_or_df: str | os.PathLike[str] | pd.DataFrame, out_dir: 
     for name in (available_tables(df) if tables is None else list(tables)):
         pt = paper_table(df, name, backbone)
         rendered[name] = paper_markdown(pt)
+        paper_tables[name] = pt
         paths[f"{name}_md"] = out / f"{name}.md"
         paths[f"{name}_md"].write_text(rendered[name])
         paths[f"{name}_tex"] = out / f"{name}.tex"
@@ -141,6 +147,15 @@ def write_report(run_dir_or_df: str | os.PathLike[str] | pd.DataFrame, out_dir: 
 
     paths["index"] = out / "index.md"
     paths["index"].write_text(_index_markdown(df, markdown, rendered, paths, figure_files, out, skipped))
+
+    if config is None and not isinstance(run_dir_or_df, pd.DataFrame):
+        config = run_config_text(run_dir_or_df)
+    figures = [(s.key, s.title, figure_files[s.key]) for s in FIGURES if figure_files.get(s.key)]
+    analysis = [(title, t) for metric, title in ANALYSIS if not (t := analysis_table(df, metric)).empty]
+    paths["index_html"] = out / "index.html"
+    paths["index_html"].write_text(report_html(df, final=table, beyond=beyond, paper_tables=paper_tables,
+                                               figures=figures, analysis=analysis, paths=paths, out=out,
+                                               skipped=skipped, config=config), encoding="utf-8")
     return paths
 
 
@@ -152,8 +167,9 @@ def _plain_markdown(table: pd.DataFrame) -> str:
     return to_markdown(table, bold_best=False)
 
 
-BEYOND_TITLE = ("Beyond the paper: newer merges on independent (ind) and sequential (seq) fine-tunings, "
-                "final task-agnostic accuracy (%)")
+# The analysis metrics printed as plain tables at the end of the index, with their headings.
+ANALYSIS = (("first_task_forgetting", "First-task forgetting (points)"),
+            ("average_forgetting", "Average forgetting (points)"), ("chance", "Chance level (%)"))
 
 
 def _index_markdown(df: pd.DataFrame, markdown: str, rendered: Mapping[str, str], paths: Mapping[str, Path],
@@ -188,8 +204,7 @@ def _index_markdown(df: pd.DataFrame, markdown: str, rendered: Mapping[str, str]
         extra = [k for k in files if k != spec.key]
         if extra:
             lines += [("Also: " if spec.key in paths else "Files: ") + _links(paths, extra, out), ""]
-    for metric, title in (("first_task_forgetting", "First-task forgetting (points)"),
-                          ("average_forgetting", "Average forgetting (points)"), ("chance", "Chance level (%)")):
+    for metric, title in ANALYSIS:
         t = analysis_table(df, metric)
         if not t.empty:
             lines += [f"## {title}", "", _plain_markdown(t).rstrip("\n"), ""]

@@ -88,7 +88,7 @@ def beyond_table(df: pd.DataFrame) -> pd.DataFrame:
     paper_row = {}
     for col in table.columns:
         k = keys[keys["scenario"] == col]
-        if k.empty or k["backbone"].iloc[0] != "ViT-B-16":
+        if k.empty or k["backbone"].iloc[0] != paper.TABLE_BACKBONES["table1"]:
             continue
         dataset, kind, tasks = k[["_dataset", "_kind", "_tasks"]].iloc[0]
         for name in ("table1", "table2"):
