@@ -64,7 +64,8 @@ def main() -> None:
 
     tasks, epochs = (2, 1) if args.quick else (5, args.epochs)
     overrides = [f"scenarios.0.tasks={tasks}", f"finetune.epochs={epochs}", "ray.group_independent=false",
-                 "ray.cpus_per_worker=0.9", "ray.eval_cpus=0.45", "merge.sweep_lambdas=[0.25,0.5,0.75,1.0]"]
+                 "ray.pack_gpu_s=0", "ray.cpus_per_worker=0.9", "ray.eval_cpus=0.45",
+                 "merge.sweep_lambdas=[0.25,0.5,0.75,1.0]"]
     rows = []
     with tempfile.TemporaryDirectory(prefix="scaling-") as tmp:
         for n in args.nodes:

@@ -121,6 +121,8 @@ class RayConfig:
     eval_images_per_gpu_s: float = 0.0
     tune_sweep: bool = True         # the (method, λ) grid on Ray Tune; false: plain evaluation tasks (profile=tiny)
     train_poll_s: float = 0.25      # how often a Train controller polls its workers; each ray.train.report waits for a poll
+    unit_startup_s: float = 0.0     # --plan: fixed seconds per Train run (workers, backbone, scenario); 0 = plan.STARTUP_S's figure
+    pack_gpu_s: float = 600.0       # independent tasks under this many estimated GPU-s share Train runs of up to it; 0 = one run per task
 
 
 DATASET_KINDS = ("image_folder",)
@@ -493,6 +495,9 @@ def validate(cfg: BenchmarkConfig) -> BenchmarkConfig:
         raise ConfigError(f"ray.max_failures: must be >= 0, got {cfg.ray.max_failures}")
     if cfg.ray.train_poll_s <= 0:
         raise ConfigError(f"ray.train_poll_s: must be > 0, got {cfg.ray.train_poll_s}")
+    for key in ("unit_startup_s", "pack_gpu_s"):
+        if getattr(cfg.ray, key) < 0:
+            raise ConfigError(f"ray.{key}: must be >= 0, got {getattr(cfg.ray, key)}")
     return cfg
 
 

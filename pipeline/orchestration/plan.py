@@ -7,6 +7,10 @@ or decoding an image, with an estimate of the GPU-hours left; it lists each data
 fingerprint it (checkpoints are keyed by content), and where a dataset is not there it says the
 cache state is unknown. The estimate's throughputs are
 assumptions (``ASSUMED_THROUGHPUT``, overridable in the config), not measurements.
+
+Each Train run also pays a fixed start-up (``STARTUP_S``): the plan counts it per run, and packs
+a scenario's small independent tasks into shared runs (``ray.pack_gpu_s``) so that it stays a
+small share of the GPU-hours.
 """
 
 from __future__ import annotations
@@ -37,6 +41,47 @@ DATASET_SIZES: dict[str, tuple[int, int]] = {
 ASSUMED_THROUGHPUT: dict[str, tuple[float, float]] = {
     "ViT-B-32": (3_000.0, 9_000.0), "ViT-B-16": (1_000.0, 3_000.0), "ViT-L-14": (220.0, 650.0),
 }
+
+
+# Fixed seconds of one Train run besides its training steps: the controller and worker group
+# started (Ray actors, torch imported, the process group set up), the backbone's weights loaded,
+# the scenario built in the worker (data index, zero-shot head), the run closed. Paid once per
+# run whatever its size, on every GPU of its worker group; set ``ray.unit_startup_s`` from your
+# own runs. (seconds, where the figure comes from)
+STARTUP_S: dict[str, tuple[float, str]] = {
+    # bench/finetune.py (fixed cost of a one-worker TorchTrainer over the bare loop, which builds
+    # its scenario beforehand) on this project's 2-CPU VM: 23.1 s, and 28.6 s on a rerun (README)
+    "tiny": (28.6, "measured, tiny CLIP on 2 CPUs (bench/finetune.py; 23.1-28.6 s)"),
+    # not measured (no GPU in the sessions so far): the tiny figure, whose Python start-up and
+    # scenario build a faster node shortens, plus loading ~0.6 GB of weights (ViT-B) or ~1.7 GB
+    # (ViT-L/14) and moving them to the GPU with a CUDA context
+    "ViT-B-32": (40.0, "an estimate, not measured"),
+    "ViT-B-16": (45.0, "an estimate, not measured"),
+    "ViT-L-14": (70.0, "an estimate, not measured"),
+}
+
+
+def startup(cfg: BenchmarkConfig) -> tuple[float, str]:
+    """Fixed seconds per Train run and where the figure comes from."""
+    if cfg.ray.unit_startup_s > 0:
+        return cfg.ray.unit_startup_s, "ray.unit_startup_s"
+    backbone = cfg.model.backbone
+    # a local-dir backbone is the committed tiny CLIP (or a model of its kind): its figure is the one measured
+    return STARTUP_S["tiny" if backbone.startswith("local-dir:") else backbone if backbone in STARTUP_S
+                     else "ViT-B-16"]
+
+
+def run_gpus(cfg: BenchmarkConfig) -> float:
+    """GPUs one Train run holds (in-process mode, num_workers 0, and CPU runs count as one)."""
+    gpus = cfg.ray.gpus_per_worker if cfg.ray.gpus_per_worker > 0 else 1.0
+    return max(1, cfg.ray.num_workers) * gpus
+
+
+def throughput(cfg: BenchmarkConfig) -> tuple[float, float]:
+    """Train and evaluation images per second per GPU: the config's, else the backbone's assumed."""
+    r = cfg.ray
+    train, ev = ASSUMED_THROUGHPUT.get(cfg.model.backbone, ASSUMED_THROUGHPUT["ViT-B-16"])
+    return (r.train_images_per_gpu_s or train, r.eval_images_per_gpu_s or ev)
 
 
 def num_tasks(scenario: ScenarioConfig) -> int:
@@ -116,10 +161,11 @@ class Plan:
         return [u for u in self.units if not u.done]
 
     def throughput(self) -> tuple[float, float]:
-        r = self.cfg.ray
-        name = self.cfg.model.backbone
-        train, ev = ASSUMED_THROUGHPUT.get(name, ASSUMED_THROUGHPUT["ViT-B-16"])
-        return (r.train_images_per_gpu_s or train, r.eval_images_per_gpu_s or ev)
+        return throughput(self.cfg)
+
+    def fixed_hours_left(self) -> float:
+        """GPU-hours of the pending units' Train runs that go to start-up, not to training."""
+        return len(self.pending) * startup(self.cfg)[0] * run_gpus(self.cfg) / 3600
 
     def gpu_hours_left(self) -> tuple[float, float, list[str]]:
         """(fine-tuning, evaluation) GPU-hours left, and the datasets the estimate lacks sizes for."""
@@ -187,10 +233,73 @@ def scenario_units(cfg: BenchmarkConfig, scenario: ScenarioConfig, num_tasks: in
         if mode not in modes:
             continue
         if mode == "ind" and not cfg.ray.group_independent:
-            units.extend(ChainUnit(scenario, "ind", (t,)) for t in tasks)
+            units.extend(ChainUnit(scenario, "ind", group) for group in pack_independent(cfg, scenario, tasks))
         else:
             units.append(ChainUnit(scenario, mode, tasks))
     return units
+
+
+def task_gpu_s(cfg: BenchmarkConfig, scenario: ScenarioConfig, task: int) -> float | None:
+    """Estimated GPU-seconds of training one independent task (None: its dataset's size is unknown)."""
+    images = train_images(cfg, scenario, [task])
+    return None if images is None else images / throughput(cfg)[0]
+
+
+def pack_independent(cfg: BenchmarkConfig, scenario: ScenarioConfig, tasks: tuple[int, ...]) -> list[tuple[int, ...]]:
+    """The Train runs of a scenario's independent tasks: tasks estimated under ``ray.pack_gpu_s``
+    are grouped, in task order, into runs of at most that much work, so each run's fixed start-up
+    is paid once for many small tasks; a larger task (or one of unknown size) runs alone.
+
+    Every task keeps its own checkpoint in the scenario's one independent folder (its key does not
+    depend on the grouping), so sharing, resuming and retries work per task as before; only the
+    number of Train runs changes. The grouping depends on the config alone, never on what is
+    cached, so a rerun plans the same units. ``ray.pack_gpu_s: 0``: one run per task.
+    """
+    limit = cfg.ray.pack_gpu_s
+    if limit <= 0:
+        return [(t,) for t in tasks]
+    groups: list[tuple[int, ...]] = []
+    small: list[tuple[int, float]] = []   # consecutive small tasks since the last large one
+    for t in tasks:
+        sec = task_gpu_s(cfg, scenario, t)
+        if sec is not None and sec < limit:
+            small.append((t, sec))
+            continue
+        groups += _pack(small, limit)
+        small = []
+        groups.append((t,))
+    groups += _pack(small, limit)
+    # consecutive groups in task order: the runner lists a mode's checkpoints unit by unit
+    return groups
+
+
+def _pack(small: list[tuple[int, float]], limit: float) -> list[tuple[int, ...]]:
+    """As few consecutive groups of at most ``limit`` seconds as there can be, then the least work
+    in the largest of them (bisection on the cap), so the last of them ends as early as it can."""
+    if not small:
+        return []
+    fewest = len(_fill(small, limit))
+    low, high = max(sec for _, sec in small), limit
+    for _ in range(40):
+        mid = (low + high) / 2
+        low, high = (low, mid) if len(_fill(small, mid)) <= fewest else (mid, high)
+    return _fill(small, high)
+
+
+def _fill(costs: list[tuple[int, float]], cap: float) -> list[tuple[int, ...]]:
+    """Consecutive groups of ``(task, seconds)``, each closed before it would pass ``cap``."""
+    groups: list[tuple[int, ...]] = []
+    current: list[int] = []
+    work = 0.0
+    for t, sec in costs:
+        if current and work + sec > cap:
+            groups.append(tuple(current))
+            current, work = [], 0.0
+        current.append(t)
+        work += sec
+    if current:
+        groups.append(tuple(current))
+    return groups
 
 
 def build_plan(cfg: BenchmarkConfig) -> Plan:
@@ -250,15 +359,17 @@ def format_plan(plan: Plan) -> str:
         lines.append(f"{u.unit.label:<40} {len(u.unit.outputs):>5} "
                      f"{cached:>3}/{len(u.unit.outputs):<3} {hours:>10}  {storage_name(u.folder)}{where}")
     train_h, eval_h, unknown = plan.gpu_hours_left()
+    fixed_h = plan.fixed_hours_left()
     pending = plan.pending
     lines += ["",
               f"units: {len(plan.units)} ({plan.requested} requested by scenario; "
               f"{plan.requested - len(plan.units)} shared), {len(plan.units) - len(pending)} cached, "
               f"{len(pending)} to fine-tune",
               f"scenarios with results: {sum(plan.scenarios_done.values())}/{len(plan.scenarios_done)}",
-              f"estimated GPU-hours left: {train_h + eval_h:.2f} (fine-tuning {train_h:.2f}, "
-              f"evaluation {eval_h:.2f}) at an assumed {train_rate:.0f} train / {plan.throughput()[1]:.0f} "
-              f"eval images/s per GPU"]
+              f"estimated GPU-hours left: {train_h + fixed_h + eval_h:.2f} (fine-tuning {train_h:.2f}, "
+              f"Train start-up {fixed_h:.2f}, evaluation {eval_h:.2f}) at an assumed {train_rate:.0f} train / "
+              f"{plan.throughput()[1]:.0f} eval images/s per GPU",
+              startup_line(plan.cfg, len(pending), fixed_h, train_h + fixed_h + eval_h)]
     if unknown:
         lines.append(f"(no size known for {', '.join(unknown)}: not in the estimate)")
     missing = sorted({d for u in plan.units if u.data == "unknown" for d in u.unit.scenario.members})
@@ -272,29 +383,54 @@ def format_plan(plan: Plan) -> str:
     return "\n".join(lines)
 
 
+def startup_line(cfg: BenchmarkConfig, runs: int, fixed_h: float, total_h: float) -> str:
+    """How much of the estimate is fixed start-up, and from which figure."""
+    sec, source = startup(cfg)
+    share = 100 * fixed_h / total_h if total_h > 0 else 0.0
+    pack = (f"independent tasks under {cfg.ray.pack_gpu_s:g} GPU-s packed into shared runs (ray.pack_gpu_s)"
+            if cfg.ray.pack_gpu_s > 0 and not cfg.ray.group_independent else
+            "independent tasks in one run per scenario (ray.group_independent)" if cfg.ray.group_independent
+            else "one run per independent task (ray.pack_gpu_s 0)")
+    return (f"fixed start-up: {runs} Train runs x {sec:g} s ({source}) x {run_gpus(cfg):g} GPU = "
+            f"{fixed_h:.2f} GPU-h, {share:.1f}% of the GPU-hours left; {pack}")
+
+
+def suite_hours(plans: list[Plan]) -> tuple[int, float, float, float]:
+    """(Train runs, fine-tuning, start-up, evaluation GPU-hours) left for several configs run
+    together, each shared unit once."""
+    seen: dict[tuple[str, tuple[str, tuple[int, ...]]], tuple[Plan, PlannedUnit]] = {}
+    for plan in plans:
+        for u in plan.units:
+            seen.setdefault((u.folder, u.unit.identity), (plan, u))
+    train_h = fixed_h = 0.0
+    runs = 0
+    for plan, u in seen.values():
+        if u.done:
+            continue
+        n = u.images_left(plan.cfg)
+        if n is not None:
+            train_h += n / plan.throughput()[0] / 3600
+        runs += 1
+        fixed_h += startup(plan.cfg)[0] * run_gpus(plan.cfg) / 3600
+    return runs, train_h, fixed_h, sum(p.gpu_hours_left()[1] for p in plans)
+
+
 def suite_summary(plans: list[Plan]) -> str:
     """Units and GPU-hours of several configs run together (a suite such as configs/paper/all.yaml).
 
     A unit several configs need (same content address and tasks) is fine-tuned once: it is
     counted once here, and its GPU-hours once.
     """
-    seen: dict[tuple[str, tuple[str, tuple[int, ...]]], tuple[Plan, PlannedUnit]] = {}
-    requested = 0
-    for plan in plans:
-        requested += plan.requested
-        for u in plan.units:
-            seen.setdefault((u.folder, u.unit.identity), (plan, u))
-    train_h = 0.0
-    for plan, u in seen.values():
-        n = u.images_left(plan.cfg)
-        if n is not None and not u.done:
-            train_h += n / plan.throughput()[0] / 3600
-    eval_h = sum(p.gpu_hours_left()[1] for p in plans)
+    unique = len({(u.folder, u.unit.identity) for p in plans for u in p.units})
+    requested = sum(p.requested for p in plans)
     per_config = sum(len(p.units) for p in plans)
+    runs, train_h, fixed_h, eval_h = suite_hours(plans)
+    total_h = train_h + fixed_h + eval_h
+    share = 100 * fixed_h / total_h if total_h > 0 else 0.0
     return "\n".join([
         f"suite of {len(plans)} configs ({', '.join(p.cfg.name for p in plans)}):",
-        f"units: {len(seen)} unique ({per_config} over the configs' own plans, {requested} requested by "
-        f"scenario; {requested - len(seen)} shared)",
-        f"estimated GPU-hours left for the suite: {train_h + eval_h:.2f} (fine-tuning {train_h:.2f}, "
-        f"evaluation {eval_h:.2f})",
+        f"units: {unique} unique ({per_config} over the configs' own plans, {requested} requested by "
+        f"scenario; {requested - unique} shared)",
+        f"estimated GPU-hours left for the suite: {total_h:.2f} (fine-tuning {train_h:.2f}, "
+        f"Train start-up {fixed_h:.2f} for {runs} runs = {share:.1f}%, evaluation {eval_h:.2f})",
     ])
