@@ -28,6 +28,7 @@ from ray import tune
 
 from pipeline import storage
 from pipeline.config import BenchmarkConfig, ScenarioConfig
+from pipeline.orchestration.progress import quiet_tune
 from pipeline.orchestration.train import eval_resources
 
 
@@ -147,7 +148,9 @@ def run_sweep(cfg: BenchmarkConfig, scenario: ScenarioConfig, merged_refs: dict[
             run_config=tune.RunConfig(name=f"tune-{uuid.uuid4().hex[:8]}", storage_path=sweep_dir, verbose=0),
         )
         done = {}
-        for res_ in tuner.fit():
+        with quiet_tune():  # Tune's console table: the runner logs one line per scenario's sweep
+            results = tuner.fit()
+        for res_ in results:
             if res_.error is not None:
                 raise RuntimeError(f"sweep trial {res_.config} failed: {res_.error}")
             for tid, acc, per_task in zip(res_.metrics["ids"], res_.metrics["accuracies"], res_.metrics["per_tasks"]):
