@@ -225,10 +225,6 @@ def _task_arithmetic(tvs, ctx: MergeContext) -> TaskVector:
     return merging.task_arithmetic(tvs)
 
 
-def _magmax(tvs, ctx: MergeContext) -> TaskVector:
-    return merging.magmax(tvs)
-
-
 def _running_magmax(ctx: MergeContext) -> Any:
     return merging.RunningMagMax()
 
@@ -248,20 +244,20 @@ _builtin("lwf", "LwF", "model", "lwf", matrix=True)
 _builtin("ewc", "EWC", "model", "ewc", matrix=True)
 _builtin("seq_ft", "Seq-FT", "model", "seq", matrix=True)
 _builtin("randmix", "RandMix", "merge", "ind", _randmix, "randmix_lambda", sweeps=True)
-_builtin("maxabs", "MaxAbs", "running", "ind", _magmax, "maxabs_lambda", sweeps=True, matrix=True)
+_builtin("maxabs", "MaxAbs", "running", "ind", None, "maxabs_lambda", sweeps=True, matrix=True)
 _builtin("avg", "Avg", "merge", "ind", _avg, 1.0, sweeps=True, matrix=True)
 _builtin("ties", "TIES", "merge", "ind", _ties, "ties_lambda", sweeps=True)
-_builtin("magmax", "MagMax", "running", "seq", _magmax, "magmax_lambda", sweeps=True, matrix=True)
+_builtin("magmax", "MagMax", "running", "seq", None, "magmax_lambda", sweeps=True, matrix=True)
 _builtin("ind_ft", "Ind-FT", "units", "ind")
 _builtin("task_arithmetic", "Task Arithmetic", "merge", "ind", _task_arithmetic, 1.0, sweeps=True)
-_builtin("lwf_magmax", "LwF + MagMax", "running", "lwf", _magmax, "magmax_lambda", sweeps=True, matrix=True)
-_builtin("ewc_magmax", "EWC + MagMax", "running", "ewc", _magmax, "magmax_lambda", sweeps=True, matrix=True)
+_builtin("lwf_magmax", "LwF + MagMax", "running", "lwf", None, "magmax_lambda", sweeps=True, matrix=True)
+_builtin("ewc_magmax", "EWC + MagMax", "running", "ewc", None, "magmax_lambda", sweeps=True, matrix=True)
 # Table 4: the merges over sequential fine-tunings; Table 6: MagMax over chains whose task t
 # starts from θ_1 (its final row only: a second MagMax matrix would make Figure 4 ambiguous)
 _builtin("randmix_seq", "RandMix", "merge", "seq", _randmix, "randmix_lambda", sweeps=True, row_name="randmix")
 _builtin("avg_seq", "Avg", "merge", "seq", _avg, 1.0, sweeps=True, row_name="avg")
 _builtin("ties_seq", "TIES", "merge", "seq", _ties, "ties_lambda", sweeps=True, row_name="ties")
-_builtin("magmax_first", "MagMax", "running", "first", _magmax, "magmax_lambda", sweeps=True, row_name="magmax")
+_builtin("magmax_first", "MagMax", "running", "first", None, "magmax_lambda", sweeps=True, row_name="magmax")
 
 
 # --------------------------------------------------------------------------------------------

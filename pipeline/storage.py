@@ -134,23 +134,18 @@ class CheckpointStore:
         against it: what the plan asks of hundreds of files); a truncated or unreadable one is
         moved aside and said, and does not count. Its content is checked against its digest
         where it is read (``load``, ``verify``)."""
-        path = self.task_file(task)
-        if not exists(path):
-            return False
-        try:
-            check_tensors_file(path, full=False)
-        except DamagedFileError as err:
-            discard(err, path, "its task will be fine-tuned again")
-            return False
-        return True
+        return self._whole(task, full=False)
 
     def verify(self, task: int) -> bool:
         """``has``, and every byte against the checkpoint's digest (one pass; once per process)."""
+        return self._whole(task, full=True)
+
+    def _whole(self, task: int, *, full: bool) -> bool:
         path = self.task_file(task)
         if not exists(path):
             return False
         try:
-            check_tensors_file(path, full=True)
+            check_tensors_file(path, full=full)
         except DamagedFileError as err:
             discard(err, path, "its task will be fine-tuned again")
             return False
@@ -566,8 +561,8 @@ def check_tensors_file(path: str | os.PathLike, full: bool = True) -> bool:
                 left -= len(chunk)
         _meta_entry(h, meta)
     if h.hexdigest() != want:
-        raise CorruptCheckpointError(path, f"content does not match its sha256 digest (damaged after it was "
-                                           f"written)")
+        raise CorruptCheckpointError(path, "content does not match its sha256 digest (damaged after it was "
+                                           "written)")
     _verified.add(key)
     return True
 

@@ -16,15 +16,7 @@ from collections.abc import Mapping, Sequence
 import torch
 
 from pipeline.merging.paper import TaskVector, _as_list, _validate
-from pipeline.merging.tsv import (
-    check_fraction,
-    compute_dtype,
-    is_matrix,
-    load_matrix,
-    mean_entry,
-    orthogonal_factor,
-    svd,
-)
+from pipeline.merging.tsv import check_fraction, load_matrix, merge_entries, orthogonal_factor, svd
 
 __all__ = ["iso_c", "iso_cts", "iso_cts_split"]
 
@@ -33,6 +25,11 @@ def _sum_matrix(tvs: list[Mapping[str, torch.Tensor]], key: str, dtype: torch.dt
     for i, tv in enumerate(tvs[1:], start=1):
         acc += load_matrix(tv, key, i, dtype)
     return acc
+
+
+def _flat_spectrum(u: torch.Tensor, s: torch.Tensor, vh: torch.Tensor) -> torch.Tensor:
+    """``U diag(s) V^T`` with every singular value replaced by their mean (Iso-C's isotropy)."""
+    return (u @ vh) * s.mean()
 
 
 @torch.no_grad()
@@ -58,16 +55,7 @@ def iso_c(tvs: Sequence[Mapping[str, torch.Tensor]]) -> TaskVector:
     """
     tvs = _as_list(tvs)
     keys = _validate(tvs)
-    out: TaskVector = {}
-    for key in keys:
-        ref = tvs[0][key]
-        dtype = compute_dtype(ref.dtype)
-        if not is_matrix(key, ref):
-            out[key] = mean_entry(tvs, key, dtype).to(ref.dtype)
-            continue
-        u, s, vh = svd(_sum_matrix(tvs, key, dtype), key)
-        out[key] = ((u @ vh) * s.mean()).to(ref.dtype)
-    return out
+    return merge_entries(tvs, keys, lambda key, ref, dtype: _flat_spectrum(*svd(_sum_matrix(tvs, key, dtype), key)))
 
 
 def iso_cts_split(r: int, n_tasks: int, common_space_fraction: float) -> tuple[int, int]:
@@ -119,20 +107,14 @@ def iso_cts(tvs: Sequence[Mapping[str, torch.Tensor]], *, common_space_fraction:
     keys = _validate(tvs)
     check_fraction("common_space_fraction", common_space_fraction, allow_zero=True)
     n_tasks = len(tvs)
-    out: TaskVector = {}
-    for key in keys:
-        ref = tvs[0][key]
-        dtype = compute_dtype(ref.dtype)
-        if not is_matrix(key, ref):
-            out[key] = mean_entry(tvs, key, dtype).to(ref.dtype)
-            continue
+
+    def merge_matrix(key: str, ref: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         m, n = ref.shape
         r = min(m, n)
         k_common, k = iso_cts_split(r, n_tasks, common_space_fraction)
         u, s, vh = svd(_sum_matrix(tvs, key, dtype), key)
         if k == 0:  # no task-specific part: Iso-C (the polar factor of an orthonormal U is U)
-            out[key] = ((u @ vh) * s.mean()).to(ref.dtype)
-            continue
+            return _flat_spectrum(u, s, vh)
         u_c = u[:, :k_common]
         u_all = torch.empty((m, r), dtype=dtype, device=ref.device)
         s_all = torch.empty((r,), dtype=dtype, device=ref.device)
@@ -157,5 +139,6 @@ def iso_cts(tvs: Sequence[Mapping[str, torch.Tensor]], *, common_space_fraction:
         del u_all
         vh_perp = orthogonal_factor(vh_all, key)
         del vh_all
-        out[key] = ((u_perp @ vh_perp) * s_all.mean()).to(ref.dtype)
-    return out
+        return (u_perp @ vh_perp) * s_all.mean()
+
+    return merge_entries(tvs, keys, merge_matrix)

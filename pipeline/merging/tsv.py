@@ -10,7 +10,7 @@ errors, the orthogonal polar factor). No Ray, no open_clip, no files.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
@@ -88,6 +88,19 @@ def mean_entry(tvs: list[Mapping[str, torch.Tensor]], key: str, dtype: torch.dty
     return acc.div_(len(tvs))
 
 
+def merge_entries(tvs: list[Mapping[str, torch.Tensor]], keys: list[str],
+                  merge_matrix: Callable[[str, torch.Tensor, torch.dtype], torch.Tensor]) -> TaskVector:
+    """Each matrix entry (``is_matrix``) by ``merge_matrix(key, ref, dtype)``, computed in
+    ``compute_dtype``; every other entry the mean of the tasks'. Returned in the input dtype."""
+    out: TaskVector = {}
+    for key in keys:
+        ref = tvs[0][key]
+        dtype = compute_dtype(ref.dtype)
+        merged = merge_matrix(key, ref, dtype) if is_matrix(key, ref) else mean_entry(tvs, key, dtype)
+        out[key] = merged.to(ref.dtype)
+    return out
+
+
 def tsv_rank(r: int, n_tasks: int, rank_fraction: float | None = None) -> int:
     """Components kept per task for a matrix of rank bound ``r = min(rows, cols)``.
 
@@ -153,20 +166,14 @@ def tsv_merge(tvs: Sequence[Mapping[str, torch.Tensor]], *, rank_fraction: float
     keys = _validate(tvs)
     check_fraction("rank_fraction", rank_fraction, allow_zero=False, allow_none=True)
     n_tasks = len(tvs)
-    out: TaskVector = {}
-    for key in keys:
-        ref = tvs[0][key]
-        dtype = compute_dtype(ref.dtype)
-        if not is_matrix(key, ref):
-            out[key] = mean_entry(tvs, key, dtype).to(ref.dtype)
-            continue
+
+    def merge_matrix(key: str, ref: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         m, n = ref.shape
         k = tsv_rank(min(m, n), n_tasks, rank_fraction)
         if k == 0:
             for i, tv in enumerate(tvs):
                 load_matrix(tv, key, i, dtype)  # same input checks as the general path
-            out[key] = torch.zeros(ref.shape, dtype=ref.dtype, device=ref.device)
-            continue
+            return torch.zeros(ref.shape, dtype=ref.dtype, device=ref.device)
         u_cat = torch.empty((m, n_tasks * k), dtype=dtype, device=ref.device)
         s_cat = torch.empty((n_tasks * k,), dtype=dtype, device=ref.device)
         vh_cat = torch.empty((n_tasks * k, n), dtype=dtype, device=ref.device)
@@ -181,5 +188,6 @@ def tsv_merge(tvs: Sequence[Mapping[str, torch.Tensor]], *, rank_fraction: float
         del u_cat
         vh_perp = orthogonal_factor(vh_cat, key)  # rows orthonormal: V_perp^T directly
         del vh_cat
-        out[key] = ((u_perp * s_cat) @ vh_perp).to(ref.dtype)
-    return out
+        return (u_perp * s_cat) @ vh_perp
+
+    return merge_entries(tvs, keys, merge_matrix)

@@ -67,7 +67,7 @@ def run_scenario(cfg: BenchmarkConfig, scenario: ScenarioConfig, run_dir: str,
     running = _fold_running(cfg, scenario, run_dir, wanted, inputs, ctx)
     merged = {**{n: refs[-1] for n, refs in running.items()}, **_merge(wanted, inputs, ctx)}
     workers = eval_workers(cfg)
-    results = _evaluate(cfg, scenario, _matrix_items(methods, inputs, running, ctx), workers, log)
+    results = _evaluate(cfg, scenario, _matrix_items(methods, inputs, running, merged, ctx), workers, log)
     matrix_rows, final_rows = _matrix_rows(results, methods, scenario, inputs.num_tasks)
     trials = _trials(cfg, methods, merged)
     swept = _sweep(cfg, scenario, merged, trials, workers, log)
@@ -185,6 +185,7 @@ def _merge(wanted: Sequence[str], inputs: Inputs, ctx: MergeContext) -> dict[str
 
 
 def _matrix_items(methods: Sequence[str], inputs: Inputs, running: dict[str, list[ray.ObjectRef]],
+                  merged: dict[str, ray.ObjectRef],
                   ctx: MergeContext) -> list[Item]:
     """Zero-shot, Joint, and after every task: each fine-tuned model, running merge and prefix merge."""
     T = inputs.num_tasks
@@ -204,8 +205,10 @@ def _matrix_items(methods: Sequence[str], inputs: Inputs, running: dict[str, lis
         m = method_table.get(name)
         if m.kind == "merge" and m.matrix and m.finetuning in inputs.tvs:
             tvs, lam = inputs.tvs[m.finetuning], m.default_lambda(ctx.merge)
-            prefix = [method_table.post_process(m.merge(tvs[: t + 1], ctx), tvs[: t + 1], ctx.merge) for t in range(T)]
-            items += [(name, m.finetuning, t, ("tau", ray.put(tau), lam)) for t, tau in enumerate(prefix)]
+            # after the last task the prefix is every vector: the merge already made (_merge)
+            prefix = [ray.put(method_table.post_process(m.merge(tvs[: t + 1], ctx), tvs[: t + 1], ctx.merge))
+                      for t in range(T - 1)] + [merged[name]]
+            items += [(name, m.finetuning, t, ("tau", ref, lam)) for t, ref in enumerate(prefix)]
     return items
 
 
