@@ -77,6 +77,7 @@ class FinetuneConfig:
     precision: str = "fp32"          # fp32 (the official code) | bf16 | fp16 autocast; auto: bf16 on GPU, fp32 on CPU
     micro_batch_size: int = 0        # gradient accumulation: 0 = the whole part, halved after a CUDA out-of-memory error
     train_transform: str = "train"   # train: the backbone's train preprocessing (official); eval: the eval transform
+    precrop_downscale: bool = True   # hold train images downscaled to the random crop's need (memory, decoded cache); false: crop the full image, as the official code
     decoded_cache: str = ""          # off | cpu | gpu: decode each split once per node into a memory-mapped cache; "" = MAGMAX_DECODED_CACHE, else off
     decoded_cache_dir: str = ""      # node-local folder of that cache; "" = MAGMAX_CACHE_DIR, else ~/.cache/magmax/decoded
     start_from: str = "previous"     # previous (theta_t-1), zero (theta_0), first (theta_1): Table 6
@@ -437,6 +438,9 @@ def validate(cfg: BenchmarkConfig) -> BenchmarkConfig:
     f = cfg.finetune
     if f.decoded_cache not in ("", "off", "cpu", "gpu"):
         raise ConfigError(f"finetune.decoded_cache: {f.decoded_cache!r} is not one of off, cpu, gpu")
+    if not f.precrop_downscale and f.decoded_cache not in ("", "off"):
+        raise ConfigError("finetune.decoded_cache keeps train images downscaled for the random crop; "
+                          "it needs finetune.precrop_downscale=true")
     if f.lr <= 0:
         raise ConfigError(f"finetune.lr: must be > 0, got {f.lr}")
     if f.batch_size < 1:

@@ -327,7 +327,7 @@ def _load(cfg: BenchmarkConfig, name: str, clip: Clip) -> DatasetBundle:
     """``_load_plain``, then (opt-in, ``finetune.decoded_cache``) its on-disk splits replaced by
     their node-local decoded caches (pipeline/data/decoded_cache.py); off by default."""
     data = _load_plain(cfg, name, clip)
-    if cache_mode(cfg.finetune.decoded_cache or None) == "off":
+    if cache_mode(cfg.finetune.decoded_cache or None) == "off" or not cfg.finetune.precrop_downscale:
         return data
     return cache_bundle(data, train_crop(cfg, clip), clip.eval_transform, workers=cfg.finetune.loader_workers,
                         folder=cfg.finetune.decoded_cache_dir or None)
@@ -347,6 +347,11 @@ def _load_plain(cfg: BenchmarkConfig, name: str, clip: Clip) -> DatasetBundle:
     if crop is None:
         if _decoded_bytes(data.train) + test_bytes <= IN_MEMORY_BYTES:
             data.train = _materialize(data.train)
+            data.test = _materialize(data.test)
+        return data
+    if not cfg.finetune.precrop_downscale:
+        # the official code crops the full-resolution image: train images stay on disk as they are
+        if test_bytes <= IN_MEMORY_BYTES:
             data.test = _materialize(data.test)
         return data
     if precrop_bytes(data.train, crop.cache_side) + test_bytes <= IN_MEMORY_BYTES:

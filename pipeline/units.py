@@ -124,6 +124,8 @@ def checkpoint_key(cfg: BenchmarkConfig, scenario: ScenarioConfig, mode: str) ->
               if scenario.kind == "multi_dataset" else task_epochs(cfg, scenario, None),
               "warmup_steps": f.warmup_steps, "grad_clip": f.grad_clip, "precision": f.precision,
               "train_transform": f.train_transform}
+    if not f.precrop_downscale and f.train_transform == "train":
+        recipe["precrop_downscale"] = False  # (only then: existing keys stay as they were)
     if mode in ("seq", "lwf", "ewc"):
         recipe["start_from"] = start_from
     if mode == "lwf":

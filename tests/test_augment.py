@@ -231,3 +231,28 @@ def test_a_chain_killed_mid_task_resumes_to_the_same_augmented_weights(train_scn
     want, got = read_tensors(clean[0]), read_tensors(resumed[0])
     for key in want:
         torch.testing.assert_close(got[key], want[key], rtol=1e-6, atol=1e-7, msg=key)
+
+
+def test_the_official_full_resolution_crop_is_an_option(tmp_path, demo_data_root):
+    """finetune.precrop_downscale=false: train images are not held downscaled before the random
+    crop (the official code crops the full image), and such checkpoints get keys of their own."""
+    from torch.utils.data import TensorDataset
+
+    from pipeline import scenario as sc
+    from pipeline.config import ConfigError, load_config
+    from pipeline.units import checkpoint_key
+
+    base = [f"data_root={demo_data_root}", "demo_data=false", "finetune.train_transform=train"]
+    held, official = (load_config("configs/demo.yaml", [*base, f"finetune.precrop_downscale={v}"])
+                      for v in ("true", "false"))
+    sc.register_builtin_extras(held)
+    clip = sc.load_clip_from_config(held.model)
+    assert isinstance(sc._load(held, "demo_shapes", clip).train, TensorDataset)
+    data = sc._load(official, "demo_shapes", clip)
+    assert not isinstance(data.train, TensorDataset) and isinstance(data.test, TensorDataset)
+    s = held.scenarios[0]
+    assert checkpoint_key(held, s, "seq") != checkpoint_key(official, s, "seq")
+    # the default leaves every existing key as it was
+    assert checkpoint_key(held, s, "seq") == checkpoint_key(load_config("configs/demo.yaml", base), s, "seq")
+    with pytest.raises(ConfigError, match="needs finetune.precrop_downscale=true"):
+        load_config("configs/demo.yaml", ["finetune.precrop_downscale=false", "finetune.decoded_cache=cpu"])
