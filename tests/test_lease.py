@@ -33,11 +33,13 @@ def test_a_lease_not_renewed_expires_and_is_taken_over(tmp_path):
 
 
 def test_renewal_keeps_a_lease_alive_and_damage_frees_it(tmp_path):
-    a, b = Leases(owner="a", ttl_s=0.3), Leases(owner="b")
+    # renewed every half TTL for 1.5 TTLs: alive throughout (a TTL of seconds, so a loaded CI
+    # machine's scheduling delays between renew and acquire cannot outlast it)
+    a, b = Leases(owner="a", ttl_s=2.0), Leases(owner="b")
     unit = str(tmp_path / "unit")
     assert a.acquire(unit)
     for _ in range(3):
-        time.sleep(0.15)
+        time.sleep(1.0)
         a.renew()
         assert not b.acquire(unit)
     (tmp_path / "unit" / LEASE_FILE).write_text("{not json")
