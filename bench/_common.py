@@ -144,7 +144,7 @@ def _fmt(v: Any) -> str:
 
 def tiny_clip_visual_shapes() -> dict[str, tuple[int, ...]]:
     """Image-tower shapes of the demo's tiny CLIP, read from its safetensors header."""
-    from pipeline.task_vectors import open_tensors
+    from pipeline.storage import open_mapped as open_tensors
 
     mapped = open_tensors(ROOT / "assets" / "tiny_clip" / "open_clip_model.safetensors")
     return {k[len("visual."):]: mapped.shape(k) for k in mapped if k.startswith("visual.")}

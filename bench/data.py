@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     from pipeline.data import decoded_cache as dc
     from pipeline.data.augment import AugmentedSubset, PreCrop, SeededCrop
-    from pipeline.data.registry import ImageFileDataset
+    from pipeline.data.bundle import ImageFileDataset
 
     crop = SeededCrop(size=(224, 224))
     n = args.images

@@ -4,7 +4,7 @@
     .venv/bin/python bench/eval.py --quick    # seconds
 
 One sweep trial is what a Tune trial of the pipeline does: ``apply_task_vector(theta0, tau, lam)``
-then ``pipeline.units.Evaluator`` (load the weights into the image tower, forward the whole test
+then ``pipeline.evaluation.Evaluator`` (load the weights into the image tower, forward the whole test
 set, top-1 over all classes). Merged vectors are computed once per method, as the runner does,
 and timed separately. Sweeps of growing size (methods x lambdas) show that the cost is a fixed
 part plus a constant cost per trial, and how that cost splits into applying the vector and the
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.config import load_config
     from pipeline.data.demo_world import write_image_folder
     from pipeline.scenario import build_scenario
-    from pipeline.units import Evaluator
+    from pipeline.evaluation import Evaluator
 
     work = Path(tempfile.mkdtemp(prefix="bench-eval-"))
     try:

@@ -4,7 +4,7 @@
     .venv/bin/python bench/ewc_fisher.py --tasks 3 --chain empirical
 
 Runs the EWC chain of ``configs/demo.yaml`` (its recipe, its tiny CLIP, the demo world written
-to a temporary folder unless ``--data-root`` holds one) as ``pipeline.units.run_chain`` does,
+to a temporary folder unless ``--data-root`` holds one) as ``pipeline.chain.run_chain`` does,
 and after each task computes, from the same weights, the task's Fisher both ways
 (``pipeline.finetune.EWC``): ``empirical`` (textbook: the dataset's labels, gradients cleared
 per batch) and ``reference`` (the official code: argmax labels, gradients never cleared,
@@ -46,7 +46,8 @@ def main(argv: list[str] | None = None) -> None:
     from pipeline.data.demo_world import write_image_folder
     from pipeline.finetune import EWC, train_task
     from pipeline.scenario import build_scenario
-    from pipeline.units import _mapped, _steps, recipe_from
+    from pipeline.chain import _mapped, _steps
+    from pipeline.units import recipe_from
 
     tmp = None
     root = args.data_root

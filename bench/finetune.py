@@ -4,7 +4,7 @@
     .venv/bin/python bench/finetune.py --quick      # seconds: tiny data, Train's in-process mode
     .venv/bin/python bench/finetune.py --gpu        # on a CUDA machine: ViT-B/16 step throughput
 
-Both paths run ``pipeline.units.run_chain`` on the same unit (the joint unit: all tasks' images in
+Both paths run ``pipeline.chain.run_chain`` on the same unit (the joint unit: all tasks' images in
 every epoch) with the same config: the Ray path through
 ``pipeline.orchestration.train.fit_unit`` (a ``TorchTrainer`` whose worker builds the scenario
 and calls run_chain, reporting every epoch), the bare path by calling run_chain in this process.
@@ -54,7 +54,8 @@ def make_config(data_root: Path, storage: Path, epochs: int, batch: int, quick: 
 def bare(cfg, unit_dir: Path) -> float:
     """run_chain in this process (the scenario is already built and cached)."""
     from pipeline.scenario import build_scenario
-    from pipeline.units import ChainUnit, run_chain
+    from pipeline.chain import run_chain
+    from pipeline.units import ChainUnit
 
     scn = build_scenario(cfg, cfg.scenarios[0])
     unit = ChainUnit(cfg.scenarios[0], "joint", tuple(range(scn.num_tasks)))

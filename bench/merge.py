@@ -7,7 +7,7 @@
 
 Task vectors have the real ViT-B/16 image tower's shapes (152 tensors, 86.2M float32 entries,
 one "model size" = 345 MB) and live in safetensors files that the merges open memory-mapped
-(``pipeline.task_vectors.open_tensors``), as a user with 50 task vectors would run them. Every
+(``pipeline.storage.open_mapped``), as a user with 50 task vectors would run them. Every
 (method, T) case runs in a fresh subprocess; peak memory is its anonymous resident memory above
 the level before the merge (page-cache pages of the mapped inputs are not process memory).
 
@@ -159,7 +159,7 @@ def write_task_vectors(folder: Path, shapes: dict[str, tuple[int, ...]], count: 
 
 
 def open_inputs(paths: list[Path]) -> list:
-    from pipeline.task_vectors import open_tensors
+    from pipeline.storage import open_mapped as open_tensors
 
     return [open_tensors(p) for p in paths]
 
@@ -262,7 +262,7 @@ def _fraction_done(method: str, progress: _Progress, shapes: dict[str, tuple[int
 def _merge_newer(method: str, paths: list[Path], progress: _Progress | None,
                  quick: bool = False) -> dict[str, torch.Tensor]:
     from pipeline import merging
-    from pipeline.task_vectors import open_tensors
+    from pipeline.storage import open_mapped as open_tensors
 
     kwargs = {**NEWER_KWARGS.get(method, {}), **(QUICK_KWARGS.get(method, {}) if quick else {})}
 
@@ -286,7 +286,7 @@ def _merge_newer(method: str, paths: list[Path], progress: _Progress | None,
 def merge(method: str, paths: list[Path], progress: _Progress | None = None,
           quick: bool = False) -> dict[str, torch.Tensor]:
     from pipeline import merging
-    from pipeline.task_vectors import open_tensors
+    from pipeline.storage import open_mapped as open_tensors
 
     if method in NEWER:
         return _merge_newer(method, paths, progress, quick)
@@ -330,7 +330,7 @@ def run_case(method: str, paths: list[Path], budget: float | None = None, quick:
     stopped and reported with ``"stopped": true``, the fraction done and the extrapolated time."""
     progress = None
     if budget is not None and method in NEWER:
-        from pipeline.task_vectors import open_tensors
+        from pipeline.storage import open_mapped as open_tensors
 
         shapes = {k: tuple(open_tensors(paths[0]).shape(k)) for k in open_tensors(paths[0])}
         progress = _Progress(list(shapes), time.process_time() + budget)
@@ -357,7 +357,7 @@ def run_case(method: str, paths: list[Path], budget: float | None = None, quick:
 def bandwidth_case(paths: list[Path], threads: list[int], reps: int) -> dict:
     """One fold of an in-memory vector into an in-memory merge, against a copy of its bytes."""
     from pipeline.merging import RunningMagMax
-    from pipeline.task_vectors import load_tensors
+    from pipeline.storage import read_tensors as load_tensors
 
     first, second = load_tensors(paths[0]), load_tensors(paths[1])
     run = RunningMagMax.from_value(first, 1)

@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from pipeline import storage
     from pipeline.config import ConfigError
-    from pipeline.orchestration.progress import status_lines
+    from pipeline.orchestration.progress.run_status import status_lines
 
     run_dir = args.run_dir if storage.is_uri(args.run_dir) else str(Path(args.run_dir).expanduser().resolve())
     if not any(storage.exists(storage.join(run_dir, f)) for f in ("config.yaml", "progress.json")):

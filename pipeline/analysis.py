@@ -22,21 +22,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from pipeline.merging.paper import (
-    TaskVector,
-    _as_list,
-    _check_chunk,
-    _check_floating,
-    _common_dtype,
-    _flat,
-    _kept,
-    _key_seed,
-    _slices,
-    _validate,
-    kth_magnitude,
-    magmax,
-    rescale_to_norm,
-    trim_threshold,
+from pipeline.merging.baselines import _key_seed
+from pipeline.merging.max_magnitude import kth_magnitude, magmax
+from pipeline.merging.ties_merging import _common_dtype, _kept, trim_threshold
+from pipeline.merging.vectors import (
+    TaskVector, _as_list, _check_chunk, _check_floating, _flat, _slices, _validate, rescale_to_norm,
 )
 
 __all__ = [

@@ -8,6 +8,15 @@ unit on a rerun only when its bytes match (a damaged one is moved aside and redo
 concatenates every unit file of a run and refuses duplicate rows instead of dropping them.
 Paths may be local paths or pyarrow filesystem URIs (``s3://...?endpoint_override=...``,
 ``file://...``); every read and write goes through ``pipeline.storage``.
+
+Typed columns: ``lam`` is always the merge coefficient λ the row's model was built with (NaN
+where none), ``eval_task`` always the evaluated task (-1 = all classes / whole test set). A
+row's other abscissa (a figure's x value: share of entries kept, k, bin centre, block, ...)
+goes to ``x`` with its kind in ``x_kind`` (``X_KINDS``; NaN and "" where none). Parts written
+before ``x``/``x_kind`` existed are read with them filled in (NaN, "") -- right for
+final/matrix/sweep rows and the analysis rows that had no abscissa; a part lacking them that
+holds analysis rows whose abscissa sat in lam/eval_task (``_MOVED_TO_X``) is refused, naming the
+file: its figures would be read wrongly.
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ __all__ = [
     "COLUMNS",
     "KEY_COLUMNS",
     "ROLES",
+    "X_KINDS",
     "Row",
     "make_rows",
     "write_unit",
@@ -54,6 +64,8 @@ SCHEMA = pa.schema(
         pa.field("seed", pa.int64(), nullable=False),
         pa.field("after_task", pa.int64(), nullable=False),  # 0-based; -1 = before any task
         pa.field("eval_task", pa.int64(), nullable=False),  # -1 = all classes / whole test set
+        pa.field("x", pa.float64(), nullable=False),  # the row's abscissa of kind x_kind; NaN where none
+        pa.field("x_kind", pa.string(), nullable=False),  # one of X_KINDS; "" where none
         pa.field("role", pa.string(), nullable=False),
         pa.field("metric", pa.string(), nullable=False),
         pa.field("value", pa.float64(), nullable=False),
@@ -65,6 +77,23 @@ COLUMNS: tuple[str, ...] = tuple(SCHEMA.names)
 # A row's identity: everything but the measured value and the provenance columns.
 KEY_COLUMNS: tuple[str, ...] = tuple(c for c in COLUMNS if c not in ("value", "config_hash", "code_version"))
 ROLES: tuple[str, ...] = ("final", "matrix", "sweep", "analysis")
+# What ``x`` holds, one kind per analysis abscissa ("" = no x, and then x is NaN).
+X_KINDS: tuple[str, ...] = (
+    "",
+    "share_kept",  # share (0..1) of a task vector's entries kept by magnitude pruning (Figure 2)
+    "kth",  # k of the merge by the k-th highest magnitude, 1 = MagMax (Figure 5)
+    "n_consistent",  # number of tasks whose update direction agrees with the vector's sign (Figure 6)
+    "source_task",  # 0-based index of the task vector the value is about (Figure 7)
+    "block",  # transformer block index (Figure 12)
+    "bin_centre",  # centre of a histogram bin of task-vector entries (Figure 13)
+    "top_k",  # share (0..1) of largest-magnitude entries kept before counting sign conflicts (Figures 3, 10)
+    "left_out",  # 0-based index of the task vector left out of the merge (Figure 8; none: the all-task merge)
+)
+# Analysis metrics whose abscissa sat in lam/eval_task before x/x_kind: a part lacking the
+# columns with such rows cannot be filled in (``read_run``).
+_MOVED_TO_X: frozenset[str] = frozenset(
+    {"prune_accuracy", "kth_accuracy", "consistency_magnitude", "contribution", "block_magnitude", "entry_histogram",
+     "leave_one_out_accuracy"})
 # Accepted Python values per Arrow type; strict so that e.g. 1.5 never lands in an int column.
 _PY_TYPES: dict[pa.DataType, tuple[type, ...]] = {
     pa.string(): (str,),
@@ -91,24 +120,43 @@ class Row:
     lam: float = math.nan
     after_task: int = -1
     eval_task: int = -1
+    x: float = math.nan
+    x_kind: str = ""
     role: str = "final"
+
+    def __post_init__(self) -> None:
+        _check_x(self.x, self.x_kind, "")
 
     def as_dict(self) -> dict[str, Any]:
         return {c: getattr(self, c) for c in COLUMNS}
 
 
+def _check_x(x: Any, kind: Any, where: str) -> None:
+    """``kind`` is in ``X_KINDS``, and ``x`` is NaN exactly when ``kind`` is ""."""
+    if kind not in X_KINDS:
+        raise ValueError(f"column 'x_kind' must be one of {X_KINDS}, got {kind!r}{where}")
+    if isinstance(x, (bool, np.bool_)) or not isinstance(x, _PY_TYPES[pa.float64()]):
+        raise ValueError(f"column 'x' has a value of the wrong type{where}: {x!r}")
+    if kind == "" and not math.isnan(x):
+        raise ValueError(f"column 'x' is {x!r} but x_kind is empty{where}: name its kind")
+    if kind != "" and not math.isfinite(x):
+        raise ValueError(f"column 'x' is {x!r} for x_kind {kind!r}{where}: a kind needs a finite x")
+
+
 def make_rows(common: Mapping[str, Any], entries: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Rows made of the shared columns ``common`` plus each entry's own columns.
 
-    A column given in both is an error (so nothing is overridden by accident). ``lam`` defaults to
-    NaN, ``after_task``/``eval_task`` to -1 when given nowhere.
+    A column given in both is an error (so nothing is overridden by accident). ``lam`` and ``x``
+    default to NaN, ``x_kind`` to "", ``after_task``/``eval_task`` to -1 when given nowhere;
+    ``x_kind`` must be one of ``X_KINDS`` (ValueError naming it otherwise).
     """
     rows = []
-    for entry in entries:
+    for i, entry in enumerate(entries):
         both = set(common) & set(entry)
         if both:
             raise ValueError(f"column {sorted(both)[0]!r} given both in common and in an entry")
-        row = {"lam": math.nan, "after_task": -1, "eval_task": -1, **common, **entry}
+        row = {"lam": math.nan, "after_task": -1, "eval_task": -1, "x": math.nan, "x_kind": "", **common, **entry}
+        _check_x(row["x"], row["x_kind"], f" in entry {i}")
         rows.append(row)
     return rows
 
@@ -152,6 +200,9 @@ def _to_table(rows: Sequence[Row | Mapping[str, Any]] | pd.DataFrame) -> pa.Tabl
             for i, v in enumerate(values):
                 if v not in ROLES:
                     raise ValueError(f"column 'role' must be one of {ROLES}, got {v!r} in row {i}")
+        if field.name == "x_kind":
+            for i, (x, kind) in enumerate(zip(columns["x"], values)):
+                _check_x(x, kind, f" in row {i}")
         try:
             arrays.append(pa.array(values, type=field.type))
         except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError) as e:
@@ -272,6 +323,7 @@ def read_run(run_dir: str | os.PathLike[str]) -> pd.DataFrame:
             t = _read_part(f)
         except storage.DamagedFileError as e:
             raise storage.DamagedFileError(where, e.why) from None
+        t = _fill_x(t, where)
         _check_columns(t.column_names, f" in {where}")
         t = t.select(list(COLUMNS))
         try:
@@ -283,6 +335,24 @@ def read_run(run_dir: str | os.PathLike[str]) -> pd.DataFrame:
     df = pa.concat_tables(tables).to_pandas()
     _check_duplicates(df, pd.Series(sources, index=df.index))
     return df
+
+
+def _fill_x(t: pa.Table, where: str) -> pa.Table:
+    """A part written before ``x``/``x_kind`` existed, with them filled in (NaN, ""); refused
+    when it holds analysis rows whose abscissa sat in lam/eval_task (module docstring)."""
+    names = set(t.column_names)
+    if "x" in names or "x_kind" in names:
+        return t  # new (or partly foreign: _check_columns names what is missing)
+    if {"role", "metric"} <= names:
+        df = t.select(["role", "metric"]).to_pandas()
+        moved = sorted(set(df.loc[(df["role"] == "analysis") & df["metric"].isin(_MOVED_TO_X), "metric"]))
+        if moved:
+            raise ValueError(f"{where} predates the results columns 'x'/'x_kind' and holds analysis rows "
+                             f"({', '.join(moved)}) whose x sat in lam/eval_task; remove that part and run its "
+                             "scenario again to rewrite it")
+    n = t.num_rows
+    t = t.append_column("x", pa.array(np.full(n, np.nan), type=pa.float64()))
+    return t.append_column("x_kind", pa.array([""] * n, type=pa.string()))
 
 
 @functools.lru_cache(maxsize=1)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Sequence
 
 import numpy as np
@@ -16,12 +17,10 @@ import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, RandomSampler, Sampler, Subset, TensorDataset
 
 from pipeline.config import BenchmarkConfig, ModelConfig, ScenarioConfig
-from pipeline.data import DatasetBundle, load_dataset
+from pipeline.data import RECORDS, DatasetBundle, load_dataset
 from pipeline.data.augment import PreCrop, SeededCrop, augmented_subset, hold_precrop, precrop_bytes, seeded_crop_from
 from pipeline.data.decoded_cache import cache_bundle, cache_mode, device_crop_subset
 from pipeline.data.splits import (
-    DOMAINNET_DOMAINS,
-    IMAGENET_R_DOMAINS,
     class_incremental_splits,
     class_order,
     domain_incremental_tasks,
@@ -29,32 +28,15 @@ from pipeline.data.splits import (
 )
 from pipeline.models import Clip, ImageClassifier, image_encoder_state, load_clip, zero_shot_head
 
-# Epochs per dataset from the paper (design.md); finetune.epochs > 0 overrides.
-DEFAULT_EPOCHS = {"cifar100": 10, "imagenet_r": 10, "domainnet": 10, "cub200": 30, "cars": 30,
-                  "dtd": 75, "eurosat": 12, "gtsrb": 11, "mnist": 5, "resisc45": 15, "sun397": 14,
-                  "svhn": 4, "demo_shapes": 4}
-# The eight-dataset benchmark's own epochs (design.md) where they differ from the above.
-MULTI_DATASET_EPOCHS = {"cars": 35}
-DOMAIN_ORDERS = {"domainnet": DOMAINNET_DOMAINS, "imagenet_r": IMAGENET_R_DOMAINS}
+# The domain-incremental task orders: a read-only view of the dataset records (pipeline.data.records).
+DOMAIN_ORDERS = MappingProxyType({n: r.domains for n, r in RECORDS.items() if r.domains})
+# Epochs of a task on a dataset without a record (registered or declared) and finetune.epochs 0.
+FALLBACK_EPOCHS = 10
 # Datasets whose decoded train and test images fit in this many bytes (as held: float test images
 # at the model's input size, uint8 uncropped train images, or float ones under train_transform=eval)
 # are decoded once and kept as tensors: the demo world and profile=tiny. Real datasets at 224 px
 # stay on disk and are read by loader workers (CIFAR100's train set alone is 30 GB decoded).
 IN_MEMORY_BYTES = 2 << 30
-
-
-def register_builtin_extras(cfg: BenchmarkConfig | None = None) -> None:
-    """Datasets that live outside the torchvision-backed registry: the demo world, and those
-    ``cfg`` declares (``datasets:``). Every process that reads data calls this with its config,
-    so neither needs shipping to Ray workers (Python registrations travel with the config)."""
-    from pipeline.data import registry
-    from pipeline.data.demo_world import DEMO_TEMPLATES
-    from pipeline.data.image_folder import register_declared, register_image_folder
-
-    if "demo_shapes" not in registry.DATASETS:
-        register_image_folder("demo_shapes", DEMO_TEMPLATES, carry=False)
-    if cfg is not None and cfg.datasets:
-        register_declared(cfg.datasets)
 
 
 def _materialize(dataset: Dataset, batch_size: int = 512) -> TensorDataset:
@@ -262,15 +244,18 @@ class Scenario:
 
 
 def task_epochs(cfg: BenchmarkConfig, scenario: ScenarioConfig, task: int | None) -> int:
-    """Epochs of one task: ``finetune.epochs`` when set, else its dataset's default (design.md)."""
+    """Epochs of one task: ``finetune.epochs`` when set, else its dataset's record's (the paper's,
+    design.md; the multi-dataset benchmark's own where they differ)."""
     if cfg.finetune.epochs:
         return cfg.finetune.epochs
     if scenario.kind != "multi_dataset":
-        return DEFAULT_EPOCHS.get(scenario.dataset, 10)
+        rec = RECORDS.get(scenario.dataset)
+        return rec.epochs if rec is not None else FALLBACK_EPOCHS
     if task is None:
         raise ValueError(f"scenario {scenario.label}: a joint run over several datasets needs finetune.epochs > 0")
     name = scenario.datasets[task]
-    return MULTI_DATASET_EPOCHS.get(name, DEFAULT_EPOCHS.get(name, 10))
+    rec = RECORDS.get(name)
+    return rec.task_epochs(multi_dataset=True) if rec is not None else FALLBACK_EPOCHS
 
 
 class _OffsetTargets(Dataset):
@@ -304,8 +289,10 @@ def _subsample(targets: np.ndarray, per_class: int, seed: int) -> np.ndarray:
 
 
 def build_scenario(cfg: BenchmarkConfig, scenario: ScenarioConfig) -> Scenario:
-    """Load backbone and data and derive the head and task splits (cached per process)."""
-    register_builtin_extras(cfg)  # (here, not in the cached part: another config may have re-declared a name)
+    """Load backbone and data and derive the head and task splits (cached per process).
+
+    The config's declared datasets resolve through it (registry.datasets_for): building changes
+    no module state, and a cached build is keyed by the config that declared them."""
     return _build_cached(cfg, scenario)
 
 
@@ -342,7 +329,7 @@ def _load_plain(cfg: BenchmarkConfig, name: str, clip: Clip) -> DatasetBundle:
     """
     crop = train_crop(cfg, clip)
     data = load_dataset(name, Path(cfg.data_root), PreCrop() if crop else clip.eval_transform,
-                        clip.eval_transform)
+                        clip.eval_transform, declared=cfg.datasets)
     test_bytes = _decoded_bytes(data.test)
     if crop is None:
         if _decoded_bytes(data.train) + test_bytes <= IN_MEMORY_BYTES:
@@ -364,7 +351,6 @@ def _load_plain(cfg: BenchmarkConfig, name: str, clip: Clip) -> DatasetBundle:
 
 @functools.lru_cache(maxsize=4)
 def _build_cached(cfg: BenchmarkConfig, scenario: ScenarioConfig) -> Scenario:
-    register_builtin_extras()
     clip = load_clip_from_config(cfg.model)
     if scenario.kind == "multi_dataset":
         return _build_multi_dataset(cfg, scenario, clip)

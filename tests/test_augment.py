@@ -210,7 +210,8 @@ def test_eval_transform_training_keeps_the_eval_images(demo_data_root, tmp_path)
 
 def test_a_chain_killed_mid_task_resumes_to_the_same_augmented_weights(train_scn, tmp_path):
     from pipeline.storage import CheckpointStore, read_tensors
-    from pipeline.units import ChainUnit, run_chain
+    from pipeline.chain import run_chain
+    from pipeline.units import ChainUnit
 
     unit = ChainUnit(train_scn.scenario, "seq", (0,))
     clean = run_chain(train_scn, unit, tmp_path / "clean")
@@ -245,7 +246,6 @@ def test_the_official_full_resolution_crop_is_an_option(tmp_path, demo_data_root
     base = [f"data_root={demo_data_root}", "demo_data=false", "finetune.train_transform=train"]
     held, official = (load_config("configs/demo.yaml", [*base, f"finetune.precrop_downscale={v}"])
                       for v in ("true", "false"))
-    sc.register_builtin_extras(held)
     clip = sc.load_clip_from_config(held.model)
     assert isinstance(sc._load(held, "demo_shapes", clip).train, TensorDataset)
     data = sc._load(official, "demo_shapes", clip)

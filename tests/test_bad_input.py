@@ -32,7 +32,7 @@ from pipeline.data import DATASETS, DatasetNotFoundError, ImageReadError, load_d
 from pipeline.data.image_folder import image_folder_loader
 from pipeline.models import CheckpointMismatchError, backbone_id
 from pipeline.results import make_rows, read_run, unit_done, write_unit
-from pipeline.task_vectors import CorruptCheckpointError, load_tensors, open_tensors, save_tensors
+from pipeline.storage import CorruptCheckpointError, open_mapped, open_tensors, read_tensors, write_tensors
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -139,7 +139,8 @@ def _files(folder: Path) -> list[str]:
 
 
 def test_unreadable_image_mid_chain_keeps_finished_tasks(small_scenario, tmp_path):
-    from pipeline.units import ChainUnit, checkpoint_path, run_chain
+    from pipeline.chain import run_chain
+    from pipeline.units import ChainUnit, checkpoint_path
 
     scn = small_scenario
     assert not isinstance(scn.data.train, torch.utils.data.TensorDataset)  # images read lazily
@@ -156,7 +157,7 @@ def test_unreadable_image_mid_chain_keeps_finished_tasks(small_scenario, tmp_pat
         # task 1 left nothing behind (no partial checkpoint, no temp file)
         assert _files(unit_dir) == ["task_000.safetensors"]
         first = Path(checkpoint_path(unit_dir, 0)).read_bytes()
-        load_tensors(checkpoint_path(unit_dir, 0), scn.theta0)
+        read_tensors(checkpoint_path(unit_dir, 0), scn.theta0)
     finally:
         victim.write_bytes(good)
     # the rerun trains task 1 only: task 0 is not redone, nothing is duplicated
@@ -181,12 +182,13 @@ def _foreign_state(theta0: dict[str, torch.Tensor]) -> dict[str, dict[str, torch
                                          ("misshaped", "'conv1.weight'")])
 def test_foreign_checkpoint_names_file_and_tensor(small_scenario, tmp_path, kind, tensor):
     from pipeline.models import load_visual_state
-    from pipeline.units import ChainUnit, checkpoint_path, run_chain
+    from pipeline.chain import run_chain
+    from pipeline.units import ChainUnit, checkpoint_path
 
     scn = small_scenario
     bad = _foreign_state(scn.theta0)[kind]
-    path = save_tensors(bad, tmp_path / f"{kind}.safetensors")
-    for load in (load_tensors, open_tensors):
+    path = Path(write_tensors(bad, tmp_path / f"{kind}.safetensors"))
+    for load in (read_tensors, open_mapped, open_tensors):
         with pytest.raises(ValueError, match=re.escape(str(path))) as info:
             load(path, scn.theta0)
         assert tensor in str(info.value)
@@ -220,7 +222,7 @@ class _Payload:
 
 
 def _corrupt_files(tmp_path: Path) -> dict[str, Path]:
-    good = save_tensors({"a": torch.arange(1000.0), "b": torch.ones(4, 4)}, tmp_path / "good.safetensors")
+    good = Path(write_tensors({"a": torch.arange(1000.0), "b": torch.ones(4, 4)}, tmp_path / "good.safetensors"))
     blob = good.read_bytes()
     files = {
         "truncated_header": blob[:20],
@@ -241,17 +243,15 @@ def _corrupt_files(tmp_path: Path) -> dict[str, Path]:
 
 @pytest.mark.parametrize("kind", ["truncated_header", "truncated_data", "garbage", "empty", "pickle", "torch_save"])
 def test_corrupt_or_pickled_weights_are_refused_without_running_code(tmp_path, kind):
-    from pipeline.storage import read_tensors
-
     path = _corrupt_files(tmp_path)[kind]
-    for load in (load_tensors, open_tensors, read_tensors):
+    for load in (read_tensors, open_mapped, open_tensors):
         with pytest.raises(CorruptCheckpointError, match=re.escape(str(path))):
             load(path)
     assert not (tmp_path / "PWNED").exists()
 
 
 def test_missing_weights_file_names_it(tmp_path):
-    for load in (load_tensors, open_tensors):
+    for load in (read_tensors, open_mapped, open_tensors):
         with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path / "nope.safetensors"))):
             load(tmp_path / "nope.safetensors")
 
@@ -338,8 +338,8 @@ _UNPICKLING = re.compile(  # matched on code with spaces, strings and comments r
 # Explicitly allowed, each with its reason. CIFAR-100's official files *are* pickles; they are read
 # by an Unpickler whose find_class admits only numpy array reconstruction (a tampered file cannot
 # run code: test_data_registry.test_cifar100_refuses_pickles_that_run_code).
-_ALLOWED = {("pipeline/data/registry.py", "class _CifarUnpickler(pickle.Unpickler):"),
-            ("pipeline/data/registry.py", "return _CifarUnpickler(f, encoding=\"latin1\").load()")}
+_ALLOWED = {("pipeline/data/loaders/cifar.py", "class _CifarUnpickler(pickle.Unpickler):"),
+            ("pipeline/data/loaders/cifar.py", "return _CifarUnpickler(f, encoding=\"latin1\").load()")}
 
 
 def _code_lines(path: Path) -> dict[int, str]:

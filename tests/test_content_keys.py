@@ -198,8 +198,13 @@ def test_fingerprints_are_path_free_and_cheap(tmp_path):
 
 def test_a_declared_dataset_is_checked_and_an_unknown_one_named(tmp_path):
     root = _data(tmp_path / "data")
-    runner.check_datasets(_cfg(root, tmp_path / "s"))
-    assert getattr(DATASETS["mydata"], "declared").folder == "my_photos"
+    from pipeline.data import registry
+
+    cfg = _cfg(root, tmp_path / "s")
+    runner.check_datasets(cfg)
+    # resolved through the config, never registered: the process's registry is unchanged
+    assert "mydata" not in DATASETS
+    assert getattr(registry.datasets_for(cfg.datasets)["mydata"], "declared").folder == "my_photos"
     bad = load_config(None, [f"data_root={root}", "scenarios=[{dataset: nothing_here, tasks: 2}]"])
     with pytest.raises(runner.DataCheckError, match=r"unknown dataset 'nothing_here'.*declare your own under"):
         runner.check_datasets(bad)

@@ -240,7 +240,6 @@ def test_the_scenario_reads_on_disk_splits_from_the_cache_when_asked(demo_data_r
                                             f"storage={tmp_path / 'store'}", "finetune.batch_size=40",
                                             "scenarios.0.tasks=5", "finetune.train_transform=train"])
     monkeypatch.delenv(dc.ENV_MODE, raising=False)
-    sc.register_builtin_extras(cfg)
     clip = sc.load_clip_from_config(cfg.model)
     plain = sc._load(cfg, "demo_shapes", clip)
     # (no head, no θ0: only the loaders are compared)
@@ -288,7 +287,6 @@ def test_the_config_switches_the_cache_on_in_its_own_folder(tmp_path, demo_data_
     monkeypatch.setattr(sc, "IN_MEMORY_BYTES", 0)  # as a real dataset: too big to hold
     cfg = load_config("configs/demo.yaml", [f"data_root={demo_data_root}", "demo_data=false",
                                             "finetune.decoded_cache=cpu", f"finetune.decoded_cache_dir={tmp_path / 'c'}"])
-    sc.register_builtin_extras(cfg)
     data = sc._load(cfg, "demo_shapes", sc.load_clip_from_config(cfg.model))
     assert isinstance(data.train, (dc.DecodedImages, dc.Normalised)) and any((tmp_path / "c").glob("*.u8"))
     with pytest.raises(ConfigError, match="finetune.decoded_cache: 'fast'"):

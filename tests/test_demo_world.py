@@ -2,7 +2,6 @@ import numpy as np
 
 from pipeline.data import load_dataset
 from pipeline.data.demo_world import demo_classnames, downstream_split, overlap_check, pretraining_pairs
-from pipeline.scenario import register_builtin_extras
 
 
 def test_pretraining_never_contains_downstream_images():
@@ -25,7 +24,6 @@ def test_generation_is_deterministic():
 
 
 def test_written_image_folder_loads_through_the_registry(demo_data_root):
-    register_builtin_extras()
     bundle = load_dataset("demo_shapes", demo_data_root)
     assert len(bundle.classnames) == 100
     assert len(bundle.train) == 1000 and len(bundle.test) == 600

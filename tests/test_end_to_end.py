@@ -74,9 +74,10 @@ def test_run_benchmark_end_to_end_and_resume(tiny_demo_run, tmp_path, monkeypatc
     storage_dir.rename(away)
     try:
         with monkeypatch.context() as m:
-            m.setattr(storage, "write_text", refuse)
-            m.setattr(storage, "write_bytes", refuse)
-            m.setattr(storage, "atomic_output", refuse)
+            for where in (storage, storage.files):  # the package's names and the ones its modules call
+                m.setattr(where, "write_text", refuse)
+                m.setattr(where, "write_bytes", refuse)
+                m.setattr(where, "atomic_output", refuse)
             assert run_benchmark.main([*tiny_demo_run.argv(moved), "--no-report"]) == 0
     finally:
         away.rename(storage_dir)

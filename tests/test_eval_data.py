@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pipeline.config import load_config
-from pipeline.units import Evaluator
+from pipeline.evaluation import Evaluator
 
 
 @pytest.fixture(scope="module")

@@ -25,8 +25,8 @@ DAMAGED = r"\.damaged-\d{8}T\d{6}Z(-\d+)?$"
 @pytest.fixture(autouse=True)
 def fresh_process_state(monkeypatch):
     """Each test as a new process: nothing verified yet, the once-per-process note not yet said."""
-    monkeypatch.setattr(storage, "_verified", set())
-    monkeypatch.setattr(storage, "_told_undigested", False)
+    monkeypatch.setattr(storage.tensors, "_verified", set())
+    monkeypatch.setattr(storage.integrity, "_told_undigested", False)
 
 
 def _theta() -> dict[str, torch.Tensor]:
@@ -89,7 +89,7 @@ def test_the_written_digest_is_the_one_the_file_bytes_give(tmp_path, dtype):
     path = tmp_path / "d.safetensors"
     storage.write_tensors(tensors, path, {"a": "1"})
     assert storage.check_tensors_file(path, full=True)
-    storage._verified.clear()
+    storage.tensors._verified.clear()
     assert torch.equal(storage.read_tensors(path)["t"], tensors["t"])
 
 
@@ -146,7 +146,7 @@ def test_the_verified_cache_skips_the_hash_only_for_the_same_file(tmp_path, monk
     storage.read_tensors(path)
     calls = []
     real = storage.tensors_digest
-    monkeypatch.setattr(storage, "tensors_digest", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(storage.tensors, "tensors_digest", lambda *a: calls.append(1) or real(*a))
     storage.read_tensors(path)
     assert calls == []  # same path, size and mtime: verified once in this process
     storage.write_tensors({**_theta(), "b": torch.zeros(256)}, path)
@@ -208,7 +208,7 @@ def test_a_damaged_epoch_state_is_moved_aside_and_the_task_starts_over(tmp_path,
     data = bytearray(path.read_bytes())
     data[-4:] = b"\x00\x00\xc0\x7f"  # a NaN where a moment was
     path.write_bytes(bytes(data))
-    storage._verified.clear()
+    storage.tensors._verified.clear()
     assert store.load_epoch(0, weights) is None
     assert "restarts from its first epoch" in _one_line_naming(capsys.readouterr().err, path)
     assert not path.exists() and len(_moved(path)) == 1
@@ -358,7 +358,7 @@ def test_on_s3_a_truncated_checkpoint_is_moved_aside(capsys):
             assert store.verify(0)
             data = storage.read_bytes(path)
             storage.write_bytes(path, data[: len(data) // 2])
-            storage._verified.clear()
+            storage.tensors._verified.clear()
             assert not store.has(0) and not storage.exists(path)
             moved = [f for f in storage.list_files(storage.join(s3.uri("w"), "checkpoints", "k"))
                      if re.search(r"task_000\.safetensors" + DAMAGED, storage.split_query(f)[0])]

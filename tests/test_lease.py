@@ -44,3 +44,38 @@ def test_renewal_keeps_a_lease_alive_and_damage_frees_it(tmp_path):
         assert not b.acquire(unit)
     (tmp_path / "unit" / LEASE_FILE).write_text("{not json")
     assert b.acquire(unit)
+
+
+def test_a_lease_of_a_dead_process_on_this_host_is_free_at_once(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(gone.stdout)  # that process has exited
+    dead = Leases(owner=f"{socket.gethostname()}:{dead_pid}:abcd1234", ttl_s=600)
+    unit = str(tmp_path / "unit")
+    assert dead.acquire(unit)
+    other_host = Leases(owner=f"elsewhere-{socket.gethostname()}:{dead_pid}:abcd1234", ttl_s=600)
+    me = Leases()
+    assert me.holder(unit) is None  # its driver was killed: no TTL to wait out
+    assert me.acquire(unit)
+    # a live process of this host (this test) holds its lease for the whole TTL
+    assert not Leases().acquire(unit)
+    # a lease from another host cannot be checked, so it stands until it expires
+    far = str(tmp_path / "far")
+    assert other_host.acquire(far)
+    assert not Leases().acquire(far)
+
+
+def test_runs_packed_into_one_folder_each_hold_their_own_lease(tmp_path):
+    a, b = Leases(owner="a"), Leases(owner="b")
+    folder = str(tmp_path / "ind")
+    assert a.acquire(folder, "ind-0_1") and a.acquire(folder, "ind-2_3")
+    a.release(folder, "ind-0_1")  # the first packed run finished
+    assert b.acquire(folder, "ind-0_1") is True  # (its tasks are done; the lease alone is free)
+    assert not b.acquire(folder, "ind-2_3")  # the sibling still trains under a's lease
+    assert b.holder(folder, "ind-2_3")["owner"] == "a"
+    a.release_all()
+    assert b.acquire(folder, "ind-2_3")
+    assert sorted(p.name for p in (tmp_path / "ind").iterdir()) == ["lease-ind-0_1.json", "lease-ind-2_3.json"]

@@ -4,7 +4,8 @@ import torch
 
 from pipeline.models import CheckpointMismatchError, ImageClassifier, image_encoder_state, load_clip, \
     load_image_encoder_state, zero_shot_head
-from pipeline.task_vectors import CorruptCheckpointError, load_tensors, save_tensors, task_vector
+from pipeline.storage import CorruptCheckpointError, read_tensors, write_tensors
+from pipeline.task_vectors import task_vector
 
 
 @pytest.fixture(scope="module")
@@ -59,21 +60,21 @@ def test_task_vector_roundtrip_and_errors(tmp_path):
     theta = {"a": torch.tensor([1.5, 1.0]), "b": torch.zeros(2, 2)}
     tau = task_vector(theta, theta0)
     torch.testing.assert_close(tau["a"], torch.tensor([0.5, -1.0]))
-    path = save_tensors(tau, tmp_path / "tv.safetensors")
-    back = load_tensors(path, theta0)
+    path = write_tensors(tau, tmp_path / "tv.safetensors")
+    back = read_tensors(path, theta0)
     torch.testing.assert_close(back["b"], -torch.ones(2, 2))
     with pytest.raises(ValueError, match="'b'"):
-        load_tensors(path, {"a": theta0["a"], "b": torch.ones(3)})
+        read_tensors(path, {"a": theta0["a"], "b": torch.ones(3)})
     with pytest.raises(ValueError, match="'a'"):
         task_vector({"a": torch.ones(3), "b": theta["b"]}, theta0)
 
 
 def test_corrupt_safetensors_is_a_clear_error(tmp_path):
     path = tmp_path / "broken.safetensors"
-    save_tensors({"a": torch.ones(100)}, path)
+    write_tensors({"a": torch.ones(100)}, path)
     path.write_bytes(path.read_bytes()[:40])
     with pytest.raises(CorruptCheckpointError, match="broken.safetensors"):
-        load_tensors(path)
+        read_tensors(path)
 
 
 def test_atomic_save_leaves_no_partial_file(tmp_path, monkeypatch):
@@ -84,5 +85,5 @@ def test_atomic_save_leaves_no_partial_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr(st, "save_file", boom)
     with pytest.raises(KeyboardInterrupt):
-        save_tensors({"a": torch.ones(3)}, tmp_path / "x.safetensors")
+        write_tensors({"a": torch.ones(3)}, tmp_path / "x.safetensors")
     assert list(tmp_path.iterdir()) == []

@@ -10,7 +10,8 @@ import torch
 from pipeline.config import ConfigError, load_config, scenario_methods
 from pipeline.orchestration.plan import build_plan, train_images
 from pipeline.scenario import build_scenario, task_epochs
-from pipeline.units import Evaluator, checkpoint_key
+from pipeline.evaluation import Evaluator
+from pipeline.units import checkpoint_key
 
 EIGHT = "[cars, mnist, eurosat, svhn, resisc45, sun397, dtd, gtsrb]"
 MULTI = f"scenarios=[{{kind: multi_dataset, datasets: {EIGHT}}}]"

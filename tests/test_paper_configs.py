@@ -220,3 +220,20 @@ def test_tiny_paper_run_renders_every_table(tmp_path, ray_session, monkeypatch):
             continue  # beyond the paper: its merges are not in all.yaml
         assert (out / f"{spec.key}.png").is_file(), spec.title
     assert "Not drawn" not in (out / "index.md").read_text()
+
+    # beyond the paper at profile=tiny (issue 12): every newer merge on Table 1's first scenario,
+    # on all.yaml's fine-tunings (none of its own), rendered as the "Beyond the paper" table and
+    # the continual merges' accuracy matrices
+    argv = ["--config", str(ROOT / "configs" / "beyond" / "table1_plus.yaml"), "profile=tiny",
+            f"storage={tmp_path / 'storage'}", f"data_root={tmp_path / 'data'}",
+            "scenarios=[{dataset: cifar100, tasks: 5}]", "merge.sweep_lambdas=[0.5]", "--no-report"]
+    assert run_benchmark.main(argv) == 0
+    plus = tmp_path / "storage" / "table1_plus"
+    summary = json.loads((plus / "summary.json").read_text())
+    assert summary["fine_tuned_tasks"] == 0 and summary["failures"] == [], summary
+    assert make_report.main([str(plus), "--out", str(tmp_path / "plus"), "--backbone", "tiny_clip"]) == 0
+    beyond = (tmp_path / "plus" / "beyond.md").read_text()
+    for name in ("Breadcrumbs", "DARE", "TSV-M", "Iso-C", "Iso-CTS", "WUDI", "OPCM", "DOP", "MagMax"):
+        assert name in beyond, name
+    assert "–" not in beyond.split("\n", 2)[2]  # every cell measured
+    assert (tmp_path / "plus" / "continual_matrices.png").is_file()

@@ -12,10 +12,11 @@ import pytest
 import torch
 
 from pipeline import storage
-from pipeline.orchestration import progress as pg
-from pipeline.orchestration.progress import (CACHED, DONE, FAILED, QUEUED, RUNNING, Monitor, PlainDisplay,
-                                             ProgressState, UnitProgress, WorkerReporter, read_progress,
-                                             status_lines, write_progress)
+from pipeline.orchestration.progress.display import PlainDisplay, TtyDisplay, clock_text, overall_line, unit_line
+from pipeline.orchestration.progress.monitor import Monitor, WorkerReporter
+from pipeline.orchestration.progress.run_status import status_lines
+from pipeline.orchestration.progress.state import (CACHED, DONE, FAILED, QUEUED, RUNNING, ProgressState,
+                                                   UnitProgress, read_progress, unit_id, write_progress)
 
 ROOT = Path(__file__).resolve().parent.parent
 T0 = 1_800_000_000.0  # a fixed wall time (2027-01-15 08:00:00Z)
@@ -69,16 +70,16 @@ def test_state_transitions_counts_and_gpu_hours():
 def test_lines_say_task_epoch_speed_eta_and_the_overall_figures():
     s = _state()
     s.started(0, T0)
-    assert "starting" in pg.unit_line(s.units[0], T0 + 65) and "0:01:05" in pg.unit_line(s.units[0], T0 + 65)
+    assert "starting" in unit_line(s.units[0], T0 + 65) and "0:01:05" in unit_line(s.units[0], T0 + 65)
     s.reported("ka:seq:0,1", {"phase": "training", "task": 1, "T": 2, "epoch": 3, "epochs": 10,
                               "images_per_s": 123.4, "eta_s": 100.0, "loss": 0.5, "fraction": 0.6, "time": T0 + 100})
-    line = pg.unit_line(s.units[0], T0 + 130)  # 30 s after the report: ETA counts down
+    line = unit_line(s.units[0], T0 + 130)  # 30 s after the report: ETA counts down
     assert line == "demo seq: task 2/2 epoch 3/10 [######....] 123 img/s, ETA 0:01:10, loss 0.5"
-    overall = pg.overall_line(s, T0 + 3725)
+    overall = overall_line(s, T0 + 3725)
     assert overall.startswith("units 1/4 done (1 running, 2 queued, 1 cached before)")
     assert "GPU-h (est.) 0.600 done, 2.40 left, +0.500 evaluation after" in overall
     assert overall.endswith("elapsed 1:02:05")
-    assert pg.clock_text(None) == "?" and pg.clock_text(86400 + 61) == "1d 0:01:01"
+    assert clock_text(None) == "?" and clock_text(86400 + 61) == "1d 0:01:01"
 
 
 def test_worker_reporter_measures_images_per_second_and_the_unit_eta():
@@ -121,7 +122,7 @@ def test_plain_lines_are_timestamped_and_at_most_every_30_s():
 
 def test_tty_lines_are_drawn_in_place():
     out = io.StringIO()
-    d = pg.TtyDisplay(out)
+    d = TtyDisplay(out)
     d.show(["overall line", "unit line " + "x" * 500], T0)
     d.note("a note", T0)
     d.close()
@@ -189,7 +190,7 @@ def test_the_monitor_writes_progress_json_atomically(cfg, tmp_path, monkeypatch)
     # a writer that dies before publishing leaves the previous file whole, and says so once
     def crash(*_a, **_k):
         raise OSError("disk full")
-    monkeypatch.setattr(storage.os, "replace", crash)
+    monkeypatch.setattr(storage.files.os, "replace", crash)
     mon.finished(0)
     clock.now += 1
     mon.tick()
@@ -250,7 +251,7 @@ def test_status_of_an_interrupted_run_lists_exactly_what_a_rerun_fine_tunes(cfg,
     i_lwf, lwf = by_mode["lwf"]
     for i in (i_ind, i_seq, i_lwf):
         mon.started(i)
-    mon.state.reported(pg.unit_id(seq.folder, "seq", seq.unit.outputs),
+    mon.state.reported(unit_id(seq.folder, "seq", seq.unit.outputs),
                        {"phase": "training", "task": 1, "T": 2, "epoch": 3, "epochs": 10, "fraction": 0.65,
                         "images_per_s": 50.0, "eta_s": 60.0, "loss": 1.0, "time": clock.now})
     mon.finished(i_ind)

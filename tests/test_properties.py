@@ -19,7 +19,11 @@ import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-import pipeline.merging.paper as M
+import pipeline.merging as M
+import pipeline.merging.baselines as B
+import pipeline.merging.max_magnitude as MM
+import pipeline.merging.ties_merging as TM
+import pipeline.merging.vectors as V
 from pipeline.data.splits import class_incremental_splits, class_order, domain_incremental_tasks, task_indices
 
 PROPS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -56,14 +60,14 @@ class small_blocks:
     torch threads, so tiny inputs cross every boundary the full-size code has."""
 
     def __enter__(self):
-        self.saved = (M._FOLD_BLOCK, M._FOLD_PARALLEL_MIN, M._TORCH_FOLD_BLOCK, M._STACK_BUDGET,
-                      M._STACK_MIN_CHUNK, torch.get_num_threads())
-        M._FOLD_BLOCK, M._FOLD_PARALLEL_MIN, M._TORCH_FOLD_BLOCK, M._STACK_BUDGET, M._STACK_MIN_CHUNK = 3, 4, 5, 8, 1
+        self.saved = (MM._FOLD_BLOCK, MM._FOLD_PARALLEL_MIN, MM._TORCH_FOLD_BLOCK, V._STACK_BUDGET,
+                      V._STACK_MIN_CHUNK, torch.get_num_threads())
+        MM._FOLD_BLOCK, MM._FOLD_PARALLEL_MIN, MM._TORCH_FOLD_BLOCK, V._STACK_BUDGET, V._STACK_MIN_CHUNK = 3, 4, 5, 8, 1
         torch.set_num_threads(2)
         return self
 
     def __exit__(self, *exc):
-        (M._FOLD_BLOCK, M._FOLD_PARALLEL_MIN, M._TORCH_FOLD_BLOCK, M._STACK_BUDGET, M._STACK_MIN_CHUNK,
+        (MM._FOLD_BLOCK, MM._FOLD_PARALLEL_MIN, MM._TORCH_FOLD_BLOCK, V._STACK_BUDGET, V._STACK_MIN_CHUNK,
          threads) = self.saved
         torch.set_num_threads(threads)
 
@@ -74,7 +78,7 @@ class small_blocks:
 
 def test_the_compiled_fold_is_there():
     # numba is a dependency: without it the fold silently takes the slower numpy path
-    assert M._fold_kernel() is not None
+    assert MM._fold_kernel() is not None
 
 
 @PROPS
@@ -86,15 +90,15 @@ def test_fold_is_torch_where_bit_for_bit(cur, data, dtype, small, compiled):
     n = torch.tensor(new, dtype=torch.float64).to(dtype)
     n[: len(cur) // 3] = -c[: len(cur) // 3]  # equal magnitudes of opposite sign: the new one wins
     expected = torch.where(n.abs() >= c.abs(), n, c)  # the definition, NaN semantics included
-    saved = list(M._FOLD_KERNEL)
-    kernel = M._fold_kernel() if compiled else None  # None: the numpy fallback
-    M._FOLD_KERNEL[:] = [kernel]
+    saved = list(MM._FOLD_KERNEL)
+    kernel = MM._fold_kernel() if compiled else None  # None: the numpy fallback
+    MM._FOLD_KERNEL[:] = [kernel]
     try:
         with small_blocks() if small else nullcontext():
-            with M._fold_pool() as pool:
-                M._fold_max(c, n, pool)
+            with MM._fold_pool() as pool:
+                MM._fold_max(c, n, pool)
     finally:
-        M._FOLD_KERNEL[:] = saved
+        MM._FOLD_KERNEL[:] = saved
     assert torch.equal(bits(c), bits(expected))
 
 
@@ -150,7 +154,7 @@ def test_every_method_is_independent_of_chunking(tvs, chunk, name):
 def test_random_mix_takes_each_entry_from_the_seeded_choice(tvs, seed):
     out = M.random_mix(tvs, seed)
     for key in out:
-        gen = torch.Generator().manual_seed(M._key_seed(seed, key))
+        gen = torch.Generator().manual_seed(B._key_seed(seed, key))
         n = out[key].numel()
         choice = torch.randint(0, len(tvs), (n,), generator=gen) if len(tvs) > 1 else torch.zeros(n, dtype=torch.long)
         stacked = torch.stack([tv[key].reshape(-1) for tv in tvs])
@@ -182,8 +186,8 @@ def test_bracketed_threshold_is_exact_or_declines(kind, d, top_k, stride, chunk,
     tv = {"a": flat[: d // 2], "b": flat[d // 2:]}
     n_keep = max(1, int(d * top_k))
     assume(n_keep < d)
-    dtype = M._common_dtype(tv)
-    got = M._nth_largest_abs_bracketed(tv, n_keep, dtype, chunk, stride=stride)
+    dtype = TM._common_dtype(tv)
+    got = TM._nth_largest_abs_bracketed(tv, n_keep, dtype, chunk, stride=stride)
     if with_nan:
         assert got is None  # NaNs go to the exact fallback, which orders them as it always did
         return
@@ -197,17 +201,17 @@ def test_bracketed_threshold_takes_the_fast_path_on_model_like_vectors():
     d = 300 * 400 + 5000
     for top_k in (0.01, 0.2, 0.5):
         n_keep = int(d * top_k)
-        got = M._nth_largest_abs_bracketed(tv, n_keep, torch.float32, 1 << 14)
+        got = TM._nth_largest_abs_bracketed(tv, n_keep, torch.float32, 1 << 14)
         assert got is not None
         expected = torch.cat([t.abs().reshape(-1) for t in tv.values()]).kthvalue(d - n_keep + 1).values
         assert torch.equal(got, expected)
     # and trim_threshold uses it above _BRACKET_MIN with the same result as below it
-    old = M._BRACKET_MIN
+    old = TM._BRACKET_MIN
     try:
-        M._BRACKET_MIN = 1
+        TM._BRACKET_MIN = 1
         fast = M.trim_threshold(tv, 0.2)
     finally:
-        M._BRACKET_MIN = old
+        TM._BRACKET_MIN = old
     assert torch.equal(fast, M.trim_threshold(tv, 0.2))
 
 

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from pipeline import paper, report
+from pipeline.analysis import PRUNE_KEEP
 from pipeline.merging import magmax
 from pipeline.report.rows import leave_one_out_delta, seen_average
 from pipeline.results import COLUMNS, make_rows, read_run, write_unit
@@ -505,15 +506,17 @@ def figure_rows() -> list[dict]:
         sc = {"scenario": scenario, "dataset": scenario.split("/")[0]}
         for mode in report.PRUNE_MODES:
             entries += [{**sc, "method": mode, "finetuning": "ind", "role": "analysis", "metric": "prune_accuracy",
-                         "lam": k, "value": 60 + 30 * k} for k in (0.0, 0.2, 1.0)]
+                         "lam": 1.0, "x": k, "x_kind": "share_kept", "value": 60 + 30 * k} for k in (0.0, 0.2, 1.0)]
         for ft, tvs in (("ind", ind), ("seq", seq)):
             entries.append({**sc, "method": "sign_conflicts", "finetuning": ft, "role": "analysis",
                             "metric": "sign_conflicts", "value": analysis.sign_conflicts(tvs)})
             entries += [{**sc, "method": "kth_magnitude", "finetuning": ft, "role": "analysis",
-                         "metric": "kth_accuracy", "lam": float(k), "value": 80.0 - k} for k in range(1, FIG_T + 1)]
+                         "metric": "kth_accuracy", "lam": 0.5, "x": float(k), "x_kind": "kth", "value": 80.0 - k}
+                        for k in range(1, FIG_T + 1)]
             entries += [{**sc, **e} for e in report.contribution_entries(analysis.contributions(tvs), finetuning=ft)]
             entries += [{**sc, "method": "magmax", "finetuning": ft, "role": "analysis",
-                         "metric": "leave_one_out_accuracy", "after_task": left, "eval_task": e,
+                         "metric": "leave_one_out_accuracy", "after_task": FIG_T - 1, "eval_task": e,
+                         **({"x": float(left), "x_kind": "left_out"} if left >= 0 else {}),
                          "value": 70.0 - 5 * (left == e)} for left in range(-1, FIG_T) for e in range(-1, FIG_T)]
             edges = analysis.histogram_edges(tvs, bins=9)
             for t, tv in enumerate(tvs):
@@ -558,31 +561,94 @@ def test_entry_helpers_exact():
     from pipeline.analysis import Histogram, LayerMagnitudes
 
     assert report.consistency_entries({2: 0.5, 0: 0.1}, after_task=1) == [
-        {"role": "analysis", "metric": "consistency_magnitude", "eval_task": 0, "value": 0.1, "method": "magmax",
-         "finetuning": "seq", "after_task": 1},
-        {"role": "analysis", "metric": "consistency_magnitude", "eval_task": 2, "value": 0.5, "method": "magmax",
-         "finetuning": "seq", "after_task": 1}]
+        {"role": "analysis", "metric": "consistency_magnitude", "x": 0.0, "x_kind": "n_consistent", "value": 0.1,
+         "method": "magmax", "finetuning": "seq", "after_task": 1},
+        {"role": "analysis", "metric": "consistency_magnitude", "x": 2.0, "x_kind": "n_consistent", "value": 0.5,
+         "method": "magmax", "finetuning": "seq", "after_task": 1}]
     contrib = report.contribution_entries([0.25, 0.75], finetuning="ind")
-    assert [(e["eval_task"], e["value"], e["after_task"]) for e in contrib] == [(0, 0.25, 1), (1, 0.75, 1)]
+    assert [(e["x"], e["x_kind"], e["value"], e["after_task"]) for e in contrib] == [
+        (0.0, "source_task", 0.25, 1), (1.0, "source_task", 0.75, 1)]
     layers = report.layer_magnitude_entries(LayerMagnitudes({"ln": 2.0, "mlp": 1.0}, {0: 1.5}), after_task=0)
-    assert [(e["metric"], e["eval_task"], e["value"]) for e in layers] == [
-        ("layer_magnitude_ln", -1, 2.0), ("layer_magnitude_mlp", -1, 1.0), ("block_magnitude", 0, 1.5)]
+    assert [(e["metric"], e.get("x_kind", ""), e.get("x"), e["value"]) for e in layers] == [
+        ("layer_magnitude_ln", "", None, 2.0), ("layer_magnitude_mlp", "", None, 1.0),
+        ("block_magnitude", "block", 0.0, 1.5)]
     hist = report.histogram_entries(Histogram((-1.0, 0.0, 1.0), (3, 4)), method="task_vector", finetuning="seq",
                                     after_task=2)
-    assert [(e["eval_task"], e["lam"], e["value"]) for e in hist] == [(0, -0.5, 3.0), (1, 0.5, 4.0)]
+    assert [(e["x"], e["x_kind"], e["value"]) for e in hist] == [(-0.5, "bin_centre", 3.0), (0.5, "bin_centre", 4.0)]
+    # the helpers leave λ and the evaluated task to their defaults (NaN, -1): never an abscissa
+    for e in [*contrib, *layers, *hist, *report.consistency_entries({1: 0.2}, after_task=0)]:
+        assert "lam" not in e and "eval_task" not in e
+
+
+def test_analysis_producers_keep_lam_for_lambda_and_x_for_abscissae(tmp_path):
+    # Every analysis row the runner makes (figure_rows with every analysis, plus chance, sign
+    # conflicts and forgetting): lam is NaN or exactly the λ its vector was evaluated with,
+    # eval_task is -1 or an evaluated task, and each figure's abscissa sits in x with its kind.
+    from types import SimpleNamespace
+
+    import torch
+
+    from pipeline.orchestration import scenario_results
+    from pipeline.orchestration.figures import ANALYSES, figure_rows
+
+    gen = torch.Generator().manual_seed(1)
+    seq = [{"transformer.resblocks.0.attn.in_proj_weight": torch.randn(8, generator=gen),
+            "transformer.resblocks.1.mlp.c_fc.weight": torch.randn(6, generator=gen),
+            "ln_post.weight": torch.randn(3, generator=gen)} for _ in range(FIG_T)]
+    ind = [{k: torch.randn(v.shape, generator=gen) for k, v in seq[0].items()} for _ in range(FIG_T)]
+    cfg = SimpleNamespace(seed=0, merge=SimpleNamespace(magmax_lambda=0.37, sign_conflict_top_k=0.2))
+    scenario = SimpleNamespace(analyses=tuple(ANALYSES))
+
+    def evaluate(items):  # oracle: every accuracy is the λ its vector was applied with
+        return [(float(lam), [float(lam)] * FIG_T) for _kind, _payload, lam in items]
+
+    rows = figure_rows(cfg, scenario, {"ind": ind, "seq": seq}, None, evaluate)
+    matrix = [{"method": "seq_ft", "finetuning": "seq", "after_task": r, "eval_task": c, "value": 50.0 + r - c}
+              for r in range(FIG_T) for c in range(FIG_T)]
+    rows += scenario_results._analysis_rows(cfg, SimpleNamespace(analyses=()),
+                                            SimpleNamespace(num_tasks=FIG_T, tvs={"ind": ind, "seq": seq}),
+                                            SimpleNamespace(trim={}), 1.0, matrix)
+    df = pd.DataFrame(make_rows({"run": "r", "scenario": "s/3", "dataset": "s", "backbone": "b", "seed": 0,
+                                 "config_hash": "h", "code_version": "v"}, rows), columns=list(COLUMNS))
+    write_unit(df, tmp_path / "analysis.parquet")  # valid, unique keys
+    abscissa = {"prune_accuracy": "share_kept", "kth_accuracy": "kth", "consistency_magnitude": "n_consistent",
+                "contribution": "source_task", "block_magnitude": "block", "entry_histogram": "bin_centre",
+                "sign_conflicts": "top_k", "leave_one_out_accuracy": "left_out"}
+    evaluated = {"prune_accuracy", "kth_accuracy", "leave_one_out_accuracy"}
+    metrics = set(df["metric"])
+    assert set(abscissa) | evaluated | {"chance", "first_task_forgetting", "average_forgetting"} <= metrics
+    for metric, d in df.groupby("metric"):
+        if metric in evaluated:
+            np.testing.assert_array_equal(d["lam"], d["value"], err_msg=metric)
+        else:
+            assert d["lam"].isna().all(), metric
+        allowed = set(range(FIG_T)) | {-1} if metric == "leave_one_out_accuracy" else {-1}
+        assert set(d["eval_task"]) <= allowed, metric
+        if metric == "leave_one_out_accuracy":  # the all-task merge has no x, the others the task left out
+            assert set(d["x_kind"]) == {"", "left_out"} and set(d["after_task"]) == {FIG_T - 1}
+            assert (d["x"].isna() == (d["x_kind"] == "")).all()
+            continue
+        assert set(d["x_kind"]) == {abscissa.get(metric, "")}, metric
+        assert d["x"].isna().all() == (metric not in abscissa), metric
+    x = df.groupby("metric")["x"].apply(lambda s: sorted(set(s.dropna())))
+    assert x["prune_accuracy"] == sorted(PRUNE_KEEP) and x["kth_accuracy"] == [1.0, 2.0, 3.0]
+    assert x["contribution"] == [0.0, 1.0, 2.0] and x["block_magnitude"] == [0.0, 1.0]
+    assert x["sign_conflicts"] == [0.2] and x["leave_one_out_accuracy"] == [0.0, 1.0, 2.0]
+    assert set(df.loc[df["metric"] == "prune_accuracy", "lam"]) == {1.0}  # the pruned vector is added whole
 
 
 def test_leave_one_out_figure_delta_and_malformed_rows(tmp_path):
     rows = make_rows({"run": "r", "backbone": "b", "scenario": "s/2", "dataset": "s", "method": "magmax",
                       "finetuning": "ind", "seed": 1, "role": "analysis", "metric": "leave_one_out_accuracy",
                       "config_hash": "h", "code_version": "v"},
-                     [{"after_task": a, "eval_task": e, "value": v}
+                     [{"after_task": 1, "eval_task": e, "value": v,
+                       **({"x": float(a), "x_kind": "left_out"} if a >= 0 else {})}
                       for a, e, v in ((-1, 0, 80.0), (-1, 1, 70.0), (0, 0, 60.0), (0, 1, 71.0), (1, 0, 79.0))])
     part = pd.DataFrame(rows, columns=list(COLUMNS))
     delta, left, evals = leave_one_out_delta(part)
     assert left == [0, 1] and evals == [0, 1]
     np.testing.assert_array_equal(delta, [[-20.0, 1.0], [-1.0, np.nan]])
-    broken = part[part["after_task"] >= 0]
+    broken = part[part["x_kind"] == "left_out"]
     with pytest.warns(UserWarning, match="Figure 8"):
         paths = report.write_report(broken, tmp_path / "rep")
     assert "leave_one_out" not in paths

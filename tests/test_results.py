@@ -7,6 +7,7 @@ import os
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from pipeline import results as R
@@ -14,6 +15,7 @@ from pipeline.results import (
     COLUMNS,
     KEY_COLUMNS,
     SCHEMA,
+    X_KINDS,
     Row,
     code_version,
     make_rows,
@@ -47,9 +49,12 @@ def rows_for(after_task: int, n: int = 3, **over) -> list[dict]:
 def test_schema_column_order():
     assert list(SCHEMA.names) == [
         "run", "scenario", "dataset", "backbone", "method", "finetuning", "lam", "seed",
-        "after_task", "eval_task", "role", "metric", "value", "config_hash", "code_version",
+        "after_task", "eval_task", "x", "x_kind", "role", "metric", "value", "config_hash", "code_version",
     ]
     assert SCHEMA.field("lam").type == pa.float64()
+    assert SCHEMA.field("x").type == pa.float64() and SCHEMA.field("x_kind").type == pa.string()
+    assert "x" in KEY_COLUMNS and "x_kind" in KEY_COLUMNS  # an abscissa is part of a row's identity
+    assert X_KINDS[0] == "" and len(set(X_KINDS)) == len(X_KINDS)
     assert SCHEMA.field("seed").type == pa.int64()
     assert "value" not in KEY_COLUMNS and "config_hash" not in KEY_COLUMNS
     assert set(COLUMNS) == set(KEY_COLUMNS) | {"value", "config_hash", "code_version"}
@@ -63,10 +68,73 @@ def test_row_dataclass_and_make_rows_defaults():
     d = row.as_dict()
     assert list(d) == list(COLUMNS)
     assert math.isnan(d["lam"]) and d["after_task"] == -1 and d["eval_task"] == -1 and d["role"] == "final"
+    assert math.isnan(d["x"]) and d["x_kind"] == ""
     rows = make_rows({k: v for k, v in COMMON.items()}, [{"value": 1.0}])
     assert math.isnan(rows[0]["lam"]) and rows[0]["after_task"] == -1
+    assert math.isnan(rows[0]["x"]) and rows[0]["x_kind"] == ""
     with pytest.raises(ValueError, match="'value'"):
         make_rows({**COMMON, "value": 1.0}, [{"value": 2.0}])
+
+
+def test_x_kind_validated_by_row_make_rows_and_write(tmp_path):
+    base = dict(run="r", scenario="cil", dataset="d", backbone="b", method="highest", finetuning="joint",
+                seed=1, metric="prune_accuracy", value=1.5, config_hash="h", code_version="v", role="analysis")
+    assert Row(**base, x=0.1, x_kind="share_kept").as_dict()["x"] == 0.1
+    with pytest.raises(ValueError, match="'kept_share'"):
+        Row(**base, x=0.1, x_kind="kept_share")
+    with pytest.raises(ValueError, match="'x_kind'"):
+        make_rows(COMMON, [{"value": 1.0, "x": 3.0, "x_kind": "layer_depth"}])
+    with pytest.raises(ValueError, match="x_kind is empty"):  # an x must say what it is
+        make_rows(COMMON, [{"value": 1.0, "x": 3.0}])
+    with pytest.raises(ValueError, match="'bin_centre'"):  # and a kind needs its x
+        make_rows(COMMON, [{"value": 1.0, "x_kind": "bin_centre"}])
+    with pytest.raises(ValueError, match="'x'"):
+        make_rows(COMMON, [{"value": 1.0, "x": "3", "x_kind": "block"}])
+    bad = make_rows(COMMON, [{"value": 1.0, "x": 2.0, "x_kind": "block"}])
+    bad[0]["x_kind"] = "layer"  # changed after make_rows: write_unit checks too
+    with pytest.raises(ValueError, match="'layer'"):
+        write_unit(bad, tmp_path / "u.parquet")
+    assert not (tmp_path / "u.parquet").exists()
+
+
+def test_x_round_trip_and_identity(tmp_path):
+    # Rows differing only in x are distinct (a curve's points); x and x_kind come back as written.
+    rows = make_rows({**COMMON, "role": "analysis", "metric": "entry_histogram", "after_task": 0},
+                     [{"x": c, "x_kind": "bin_centre", "value": float(n)} for c, n in ((-0.5, 3), (0.5, 4))])
+    rows += make_rows({**COMMON, "role": "analysis", "metric": "chance"}, [{"value": 1.0}])
+    write_unit(rows, tmp_path / "a.parquet")
+    df = read_run(tmp_path).sort_values("value")
+    assert df["x_kind"].tolist() == ["", "bin_centre", "bin_centre"] and df["x"].dtype == "float64"
+    assert math.isnan(df["x"].iloc[0]) and df["x"].tolist()[1:] == [-0.5, 0.5]
+    assert df["lam"].isna().all() and (df["eval_task"] == -1).all()
+    with pytest.raises(ValueError, match="share a key"):
+        write_unit(rows + rows[:1], tmp_path / "b.parquet")
+
+
+def _old_part(path, rows) -> None:
+    """A part as written before x/x_kind existed (no sidecar: read unverified)."""
+    table = R._to_table(rows).drop_columns(["x", "x_kind"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, path)
+
+
+def test_old_parts_are_filled_on_read_or_refused(tmp_path):
+    run = tmp_path / "old"
+    _old_part(run / "s" / "matrix.parquet", rows_for(0))
+    _old_part(run / "s" / "final.parquet", make_rows({**COMMON, "role": "final"}, [{"value": 70.0}]))
+    no_metric = {k: v for k, v in COMMON.items() if k != "metric"}
+    _old_part(run / "s" / "analysis.parquet", make_rows({**no_metric, "role": "analysis"}, [
+        {"metric": "chance", "value": 1.0}, {"metric": "first_task_forgetting", "eval_task": 0, "value": 6.0}]))
+    df = read_run(run)
+    assert list(df.columns) == list(COLUMNS) and len(df) == 6
+    assert df["x"].isna().all() and (df["x_kind"] == "").all()
+    assert sorted(df.loc[df["role"] == "matrix", "eval_task"]) == [0, 1, 2]
+    # an old analysis part whose abscissa sat in lam/eval_task would be drawn wrongly: refused
+    old = make_rows({**COMMON, "role": "analysis", "metric": "prune_accuracy", "method": "highest"},
+                    [{"value": 50.0}])
+    _old_part(run / "t" / "analysis.parquet", old)
+    with pytest.raises(ValueError, match=r"t/analysis.parquet predates .*'x'/'x_kind'.*prune_accuracy"):
+        read_run(run)
 
 
 def test_write_and_read_roundtrip(tmp_path):

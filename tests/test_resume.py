@@ -10,7 +10,8 @@ import torch
 from pipeline.config import load_config
 from pipeline.merging import magmax
 from pipeline.storage import CheckpointStore, read_tensors
-from pipeline.units import ChainUnit, checkpoint_key, run_chain
+from pipeline.chain import run_chain
+from pipeline.units import ChainUnit, checkpoint_key
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ import torch
 
 from pipeline import storage
 from pipeline.results import make_rows, read_run, unit_done, write_unit
-from pipeline.task_vectors import load_tensors, save_tensors
 from s3_server import ENV, REGION, s3_server
 
 Q = "?endpoint_override=127.0.0.1:9000&scheme=http&region=us-east-1"
@@ -88,10 +87,9 @@ def test_weights_text_and_metadata_on_s3(s3):
     back = storage.read_tensors(path, theta)
     assert all(torch.equal(back[k], theta[k]) for k in theta)
     assert storage.read_metadata(path) == {"task": "0"}
-    # the old local-only names hand over to storage, so URIs work through them too
     tv = storage.join(base, "tv.safetensors")
-    assert save_tensors({"a": theta["a"] * 2}, tv) == tv
-    assert torch.equal(load_tensors(tv)["a"], theta["a"] * 2)
+    assert storage.write_tensors({"a": theta["a"] * 2}, tv) == tv
+    assert torch.equal(storage.read_tensors(tv)["a"], theta["a"] * 2)
     with pytest.raises(ValueError, match="missing tensor 'b'"):
         storage.read_tensors(tv, theta)
     with pytest.raises(FileNotFoundError, match="nope.safetensors"):

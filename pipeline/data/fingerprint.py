@@ -23,19 +23,15 @@ import hashlib
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from pipeline.data import registry
-from pipeline.data.registry import (
-    ArrayImageDataset,
-    DatasetBundle,
-    DatasetNotFoundError,
-    ImageFileDataset,
-    load_dataset,
-)
+from pipeline.data.bundle import ArrayImageDataset, DatasetBundle, ImageFileDataset
+from pipeline.data.errors import DatasetNotFoundError
 
 # part of every fingerprint: raise it when what is hashed changes, so old keys are not reused
 VERSION = 1
@@ -124,28 +120,31 @@ def _sizes(paths: list[str]) -> list[int]:
         return [n for part in parts for n in part]
 
 
-def remember(name: str, data_root: str | os.PathLike, bundle: DatasetBundle) -> str:
-    """Fingerprint ``bundle`` (just loaded from ``data_root``) and keep it for this process."""
+def remember(name: str, data_root: str | os.PathLike, bundle: DatasetBundle, declared: Iterable[Any] = ()) -> str:
+    """Fingerprint ``bundle`` (just loaded from ``data_root``) and keep it for this process
+    (``declared``: the config's declared datasets, as for registry.datasets_for)."""
     fp = bundle_fingerprint(bundle) or path_key(data_root)
-    _CACHE[(name, _root(data_root), registry.DATASETS.get(name))] = fp
+    _CACHE[(name, _root(data_root), registry.datasets_for(declared).get(name))] = fp
     return fp
 
 
-def dataset_fingerprint(name: str, data_root: str | os.PathLike) -> str | None:
-    """The fingerprint of registered dataset ``name`` under ``data_root`` (see the module doc);
-    loads the dataset's metadata once per process, None when it is unknown or not there."""
+def dataset_fingerprint(name: str, data_root: str | os.PathLike, declared: Iterable[Any] = ()) -> str | None:
+    """The fingerprint of dataset ``name`` (registered, or among ``declared``, a config's declared
+    datasets) under ``data_root`` (see the module doc); loads the dataset's metadata once per
+    process, None when it is unknown or not there."""
     if is_uri(data_root):
         return path_key(data_root)
-    if name not in registry.DATASETS:
+    loader = registry.datasets_for(declared).get(name)
+    if loader is None:
         return None
-    cached = _CACHE.get((name, _root(data_root), registry.DATASETS[name]))
+    cached = _CACHE.get((name, _root(data_root), loader))
     if cached is not None:
         return cached
     try:
-        bundle = load_dataset(name, Path(data_root))
+        bundle = registry.load_dataset(name, Path(data_root), declared=declared)
     except DatasetNotFoundError:
         return None
-    return remember(name, data_root, bundle)
+    return remember(name, data_root, bundle, declared)
 
 
 def clear_cache() -> None:

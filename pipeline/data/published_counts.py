@@ -1,7 +1,7 @@
 """The published size of every registered dataset: what `prepare_data --verify` checks against.
 
-One table, one row per dataset of `pipeline.data.registry.DATASETS`. The numbers are what the
-project's loader yields on the complete official data, so they can be compared with a
+One table, one row per built-in dataset (each record's ``published``, pipeline.data.records). The
+numbers are what the project's loader yields on the complete official data, so they can be compared with a
 preparation manifest (pipeline.data.prepare) directly:
 
 * ``train`` / ``test``: the loader's split sizes. Where the dataset ships its split these are the
@@ -85,8 +85,10 @@ PUBLISHED: dict[str, Counts] = {
                "80/10/10 per class is exact on the published class sizes (2,000-3,000 each)",
     ),
     "gtsrb": Counts(
-        classes=43, train=39_209, test=12_630, images=51_839,
-        source="Stallkamp et al. 2012, GTSRB benchmark page: Final_Training and Final_Test sets",
+        classes=43, train=26_640, test=12_630, images=39_270,
+        source="torchvision's GTSRB (the layout the loader reads): GTSRB-Training_fixed.zip, 26,640 "
+               "images (the benchmark page's Final_Training set has 39,209; task-arithmetic papers "
+               "use 26,640), and the Final_Test set, 12,630",
     ),
     "mnist": Counts(
         classes=10, train=60_000, test=10_000, images=70_000,

@@ -209,12 +209,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     # (imported here: the split functions above stay free of the loaders)
-    from pipeline.data.registry import DATASETS, DatasetNotFoundError, load_dataset
+    from pipeline.data.errors import DatasetNotFoundError
+    from pipeline.data.registry import load_dataset
 
-    if args.dataset == "demo_shapes" and args.dataset not in DATASETS:
-        from pipeline.scenario import register_builtin_extras
-
-        register_builtin_extras()
     try:
         bundle = load_dataset(args.dataset, args.data_root)
         names = bundle.raw_classnames or bundle.classnames

@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 
 import torch
 
-from pipeline.merging.paper import _check_compatible, _check_floating
+from pipeline.merging.vectors import _check_compatible, _check_floating
 
 MatrixFilter = Callable[[str, torch.Tensor], bool]
 

@@ -37,7 +37,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from pipeline.merging.paper import TaskVector, _acc_dtype, _as_list, _validate
+from pipeline.merging.vectors import TaskVector, _acc_dtype, _as_list, _validate
 
 __all__ = ["breadcrumbs", "breadcrumbs_mask", "BREADCRUMBS_VARIANTS"]
 

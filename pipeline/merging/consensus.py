@@ -38,7 +38,8 @@ from typing import Any
 
 import torch
 
-from pipeline.merging.paper import TaskVector, _acc_dtype, _as_list, _validate, ties
+from pipeline.merging.ties_merging import ties
+from pipeline.merging.vectors import TaskVector, _acc_dtype, _as_list, _validate
 
 __all__ = ["consensus", "tall_mask", "CONSENSUS_BASES"]
 

@@ -19,8 +19,8 @@ Facts, and where they come from:
     TIES lambda 0.5). No default for p is imposed here.
 
 Randomness: one CPU ``torch.Generator`` per (seed, task index, key), seeded by
-``pipeline.merging._key_seed``, so a task's mask for a key depends only on those three -- not on
-key order, device, other tasks or ``base``; the same seed gives the same masks for TA and TIES.
+``pipeline.merging.baselines._key_seed``, so a task's mask for a key depends only on those
+three -- not on key order, device, other tasks or ``base``; the same seed gives the same masks for TA and TIES.
 
 Memory: ``base="ta"`` holds the result (one model) plus one tensor's mask; ``base="ties"`` gives
 ``ties`` lazy views that redraw a dropped tensor on each read (exactly, from its seed), so it
@@ -36,7 +36,9 @@ from typing import Any
 
 import torch
 
-from pipeline.merging.paper import TaskVector, _acc_dtype, _as_list, _key_seed, _validate, ties
+from pipeline.merging.baselines import _key_seed
+from pipeline.merging.ties_merging import ties
+from pipeline.merging.vectors import TaskVector, _acc_dtype, _as_list, _validate
 
 __all__ = ["dare", "dare_drop", "DARE_BASES"]
 

@@ -42,7 +42,7 @@ from collections.abc import Mapping
 
 import torch
 
-from pipeline.merging.paper import TaskVector
+from pipeline.merging.vectors import TaskVector
 from pipeline.merging._matrix_rules import (
     MatrixFilter,
     RunningState,

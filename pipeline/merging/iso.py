@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from pipeline.merging.paper import TaskVector, _as_list, _validate
+from pipeline.merging.vectors import TaskVector, _as_list, _validate
 from pipeline.merging.tsv import check_fraction, load_matrix, merge_entries, orthogonal_factor, svd
 
 __all__ = ["iso_c", "iso_cts", "iso_cts_split"]

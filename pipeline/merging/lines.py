@@ -32,7 +32,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 
-from pipeline.merging.paper import TaskVector, _acc_dtype, _as_list, _check_floating, _validate
+from pipeline.merging.vectors import TaskVector, _acc_dtype, _as_list, _check_floating, _validate
 
 __all__ = ["lines", "lines_scales", "block_index", "lines_multitask_alpha", "LINES_OUTSIDE"]
 

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
-from pipeline.merging.paper import TaskVector, _as_list, _validate
+from pipeline.merging.vectors import TaskVector, _as_list, _validate
 
 __all__ = ["tsv_merge", "tsv_rank"]
 

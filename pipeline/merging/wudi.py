@@ -35,7 +35,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 
 import torch
 
-from pipeline.merging.paper import TaskVector, _as_list, _validate
+from pipeline.merging.vectors import TaskVector, _as_list, _validate
 from pipeline.merging._matrix_rules import (
     check_device,
     check_int,

@@ -1,9 +1,10 @@
 """Evaluation on Ray: one cached evaluator per worker process and scenario.
 
-The driver, which has built the scenario anyway, ships what an evaluator reads (``EvalData``:
-the classifier over θ0, the decoded test images, the head) through the object store once
-(``put_eval_data``); workers and Tune trials build their evaluator from it instead of decoding
-the whole dataset (train split included) and loading the backbone again in every process.
+What an evaluator reads (``EvalData``: the classifier over θ0, the decoded test images, the head)
+is built once per scenario in one Ray task and shipped through the object store
+(``put_eval_data``; the driver decodes no image); workers and Tune trials build their evaluator
+from it instead of decoding the whole dataset (train split included) and loading the backbone
+again in every process.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ import ray
 import torch
 
 from pipeline.config import BenchmarkConfig, ScenarioConfig
-from pipeline.units import EvalData, Evaluator
+from pipeline.evaluation import EvalData, Evaluator
+from pipeline.merging import apply_task_vector
+from pipeline.storage import read_tensors
 
 _EVALUATORS: OrderedDict[tuple[BenchmarkConfig, ScenarioConfig], Evaluator] = OrderedDict()
 _KEEP = 4  # evaluators kept per process (each holds its scenario's test images)
@@ -34,7 +37,7 @@ def evaluator_for(cfg: BenchmarkConfig, scenario: ScenarioConfig,
         if data is not None:
             ev = Evaluator.from_data(data, device)
         else:
-            from pipeline.scenario import build_scenario
+            from pipeline.scenario import build_scenario  # on use: seconds to import (every dataset's loader); only evaluator processes need it
 
             ev = Evaluator(build_scenario(cfg, scenario), device)
         _EVALUATORS[key] = ev
@@ -44,13 +47,19 @@ def evaluator_for(cfg: BenchmarkConfig, scenario: ScenarioConfig,
     return ev
 
 
-def put_eval_data(cfg: BenchmarkConfig, scenario: ScenarioConfig) -> ray.ObjectRef | None:
-    """The driver's ``EvalData`` of ``scenario`` in the object store (None where the test images
-    are read from disk on every pass: then each worker builds its own evaluator)."""
-    from pipeline.scenario import build_scenario
+def put_eval_data(cfg: BenchmarkConfig, scenario: ScenarioConfig) -> ray.ObjectRef:
+    """A ref to ``scenario``'s ``EvalData``, built in a Ray task (its value is None where the test
+    images are read from disk on every pass: then each worker builds its own evaluator)."""
+    return _eval_data.remote(cfg, scenario)
 
-    data = Evaluator(build_scenario(cfg, scenario), "cpu").data()
-    return None if data is None else ray.put(data)
+
+@ray.remote(max_calls=1)
+def _eval_data(cfg: BenchmarkConfig, scenario: ScenarioConfig) -> EvalData | None:
+    # (max_calls=1: the process exits after it, so the decoded dataset it built goes with it;
+    # the return lives on in the object store, owned by the driver)
+    from pipeline.scenario import build_scenario  # on use: seconds to import (every dataset's loader); only evaluator processes need it
+
+    return Evaluator(build_scenario(cfg, scenario), "cpu").data()
 
 
 @ray.remote(max_retries=2)
@@ -61,9 +70,6 @@ def evaluate_many(cfg: BenchmarkConfig, scenario: ScenarioConfig,
     "path" (a checkpoint: a local path or a storage URI, read through ``pipeline.storage``).
     ``data``: ``[put_eval_data(...)]``, inside a list so that Ray does not fetch it for every task:
     only a process without an evaluator for the scenario reads it."""
-    from pipeline.merging import apply_task_vector
-    from pipeline.storage import read_tensors
-
     torch.set_num_threads(1)
     ev = evaluator_for(cfg, scenario, data[0] if data else None)
     out = []

@@ -4,10 +4,13 @@ A scenario asks for them with ``scenarios[i].analyses`` (``ANALYSES``); the runn
 ``figure_rows`` once per scenario with the task vectors it already holds. Analyses that need
 accuracies (pruning, k-th magnitude, leave-one-out) evaluate their merged vectors with the same
 evaluation tasks as the accuracy matrices; the others are pure tensor statistics. The row
-layouts are those of ``pipeline.report``'s "Row vocabulary" (``pipeline.analysis_rows`` builds most).
+layouts are those of ``pipeline.report``'s "Row vocabulary" (``pipeline.analysis_rows`` builds most):
+a figure's abscissa goes to ``x``/``x_kind``; ``lam`` is the λ an evaluated vector was applied with.
 """
 
 from __future__ import annotations
+
+import math
 
 from typing import Any, Callable, Mapping, Sequence
 
@@ -73,7 +76,7 @@ def figure_rows(cfg: BenchmarkConfig, scenario: ScenarioConfig, tvs: Mapping[str
     the last sequential vector stands in).
     """
     wanted = set(scenario.analyses)
-    lam = cfg.merge.magmax_lambda
+    lam = float(cfg.merge.magmax_lambda)
     modes = [m for m in ("ind", "seq") if len(tvs.get(m, ())) > 1]
     rows: list[dict[str, Any]] = []
     last = {m: len(tvs[m]) - 1 for m in modes}
@@ -85,15 +88,17 @@ def figure_rows(cfg: BenchmarkConfig, scenario: ScenarioConfig, tvs: Mapping[str
             accs = evaluate([("tau", analysis.magnitude_prune(tv, keep, mode, seed=cfg.seed), 1.0)
                              for mode, keep in grid])
             rows += [{"role": "analysis", "metric": "prune_accuracy", "method": mode, "finetuning":
-                      "joint" if joint_tv is not None else "seq", "lam": keep, "eval_task": -1,
-                      "after_task": -1, "value": acc[0]} for (mode, keep), acc in zip(grid, accs)]
+                      "joint" if joint_tv is not None else "seq", "lam": 1.0, "x": float(keep),
+                      "x_kind": "share_kept", "eval_task": -1, "after_task": -1, "value": acc[0]}
+                     for (mode, keep), acc in zip(grid, accs)]
 
     if "kth_magnitude" in wanted:
         for mode in modes:
             ks, merged = zip(*analysis.kth_magnitude_merges(tvs[mode]))
             accs = evaluate([("tau", tv, lam) for tv in merged])
             rows += [{"role": "analysis", "metric": "kth_accuracy", "method": "kth_magnitude", "finetuning": mode,
-                      "lam": float(k), "eval_task": -1, "after_task": last[mode], "value": acc[0]}
+                      "lam": lam, "x": float(k), "x_kind": "kth", "eval_task": -1, "after_task": last[mode],
+                      "value": acc[0]}
                      for k, acc in zip(ks, accs)]
 
     if "update_consistency" in wanted and "seq" in modes:
@@ -109,8 +114,11 @@ def figure_rows(cfg: BenchmarkConfig, scenario: ScenarioConfig, tvs: Mapping[str
             merges = [merging.magmax(list(tvs[mode])), *analysis.leave_one_out(tvs[mode])]
             accs = evaluate([("tau", tv, lam) for tv in merges])
             for left_out, (overall, per_task) in zip(range(-1, len(tvs[mode])), accs):
+                # the all-task merge has no x; the others name the task vector left out
                 common = {"role": "analysis", "metric": "leave_one_out_accuracy", "method": "magmax",
-                          "finetuning": mode, "after_task": left_out}
+                          "finetuning": mode, "after_task": len(tvs[mode]) - 1, "lam": lam,
+                          "x": float(left_out) if left_out >= 0 else math.nan,
+                          "x_kind": "left_out" if left_out >= 0 else ""}
                 rows.append({**common, "eval_task": -1, "value": overall})
                 rows += [{**common, "eval_task": c, "value": acc} for c, acc in enumerate(per_task)]
 

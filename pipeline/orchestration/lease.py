@@ -6,7 +6,12 @@ when absent and reading it back (pyarrow offers no conditional put, so two drive
 one round trip may both train the unit: the writes are atomic and content-addressed, so the cost
 is time, never a wrong file). The holder renews its leases while its units train; a driver that
 dies stops renewing, and after ``ttl_s`` another driver takes the unit over and resumes it from
-its last stored epoch.
+its last stored epoch; a lease whose holder ran on this host under a process id that no longer
+exists is stale at once (a killed driver rerun on the same machine does not wait out the TTL).
+
+A lease covers one Train run: a folder shared by several runs (a scenario's independent tasks,
+packed into runs by ``plan.pack_independent``) has one lease file per run, ``lease-<part>.json``,
+so that the first run to finish releases only its own.
 """
 
 from __future__ import annotations
@@ -29,17 +34,18 @@ class Leases:
 
     ttl_s: float = 600.0
     owner: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}")
-    held: set[str] = field(default_factory=set)
+    held: dict[str, tuple[str, str]] = field(default_factory=dict)  # lease path -> (folder, part)
 
-    def _path(self, folder: str) -> str:
-        return storage.join(folder, LEASE_FILE)
+    def _path(self, folder: str, part: str = "") -> str:
+        return storage.join(folder, f"lease-{part}.json" if part else LEASE_FILE)
 
     def _record(self) -> str:
         return json.dumps({"owner": self.owner, "expires": time.time() + self.ttl_s})
 
-    def holder(self, folder: str) -> dict | None:
-        """The live lease on ``folder`` (None when there is none, it expired or it is unreadable)."""
-        path = self._path(folder)
+    def holder(self, folder: str, part: str = "") -> dict | None:
+        """The live lease on ``folder`` (None when there is none, it expired, its holder died on
+        this host, or it is unreadable)."""
+        path = self._path(folder, part)
         if not storage.exists(path):
             return None
         try:
@@ -47,16 +53,18 @@ class Leases:
             expires, owner = float(got["expires"]), str(got["owner"])
         except (ValueError, KeyError, TypeError, OSError):
             return None
-        return {"owner": owner, "expires": expires} if expires > time.time() else None
+        if expires <= time.time() or _dead_here(owner):
+            return None
+        return {"owner": owner, "expires": expires}
 
-    def acquire(self, folder: str) -> bool:
-        """Take the unit's lease if nobody else holds a live one."""
-        if folder in self.held:
+    def acquire(self, folder: str, part: str = "") -> bool:
+        """Take the lease on ``folder`` (one run's ``part`` of it) if nobody else holds a live one."""
+        path = self._path(folder, part)
+        if path in self.held:
             return True
-        current = self.holder(folder)
+        current = self.holder(folder, part)
         if current is not None and current["owner"] != self.owner:
             return False
-        path = self._path(folder)
         if current is None and storage.exists(path):
             storage.delete(path)  # expired or damaged: free for whoever creates it first
         if not storage.is_uri(path):
@@ -69,24 +77,42 @@ class Leases:
                 f.write(self._record())
         else:
             storage.write_text(path, self._record())
-            current = self.holder(folder)
+            current = self.holder(folder, part)
             if current is None or current["owner"] != self.owner:
                 return False
-        self.held.add(folder)
+        self.held[path] = (folder, part)
         return True
 
     def renew(self) -> None:
         """Push the expiry of every held lease ``ttl_s`` ahead (call well within ``ttl_s``)."""
-        for folder in list(self.held):
-            storage.write_text(self._path(folder), self._record())
+        for path in list(self.held):
+            storage.write_text(path, self._record())
 
-    def release(self, folder: str) -> None:
-        if folder in self.held:
-            self.held.discard(folder)
-            current = self.holder(folder)
+    def release(self, folder: str, part: str = "") -> None:
+        path = self._path(folder, part)
+        if self.held.pop(path, None) is not None:
+            current = self.holder(folder, part)
             if current is None or current["owner"] == self.owner:
-                storage.delete(self._path(folder))
+                storage.delete(path)
 
     def release_all(self) -> None:
-        for folder in list(self.held):
-            self.release(folder)
+        for folder, part in list(self.held.values()):
+            self.release(folder, part)
+
+
+def _dead_here(owner: str) -> bool:
+    """Whether ``owner`` (``host:pid:tag``) names a process of this host that no longer runs."""
+    host, _, rest = owner.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # someone else's process: alive
+        return False
+    return False

@@ -15,24 +15,21 @@ small share of the GPU-hours.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 from pipeline.storage import CheckpointStore, join
 from pipeline.storage import name as storage_name
 from pipeline import methods as method_table
 from pipeline.analysis import PRUNE_KEEP
 from pipeline.config import BenchmarkConfig, ScenarioConfig, scenario_methods
+from pipeline.data.records import RECORDS
 from pipeline.units import ChainUnit, data_determinant
 
-# Published train/test sizes of the paper's datasets (ImageNet-R: our recorded 80/20 split),
-# so a plan needs no data on the machine that prints it.
-DATASET_SIZES: dict[str, tuple[int, int]] = {
-    "cifar100": (50_000, 10_000), "imagenet_r": (24_000, 6_000), "cub200": (5_994, 5_794),
-    "cars": (8_144, 8_041), "domainnet": (409_832, 176_743), "dtd": (3_760, 1_880),
-    "eurosat": (21_600, 2_700), "gtsrb": (26_640, 12_630), "mnist": (60_000, 10_000),
-    "svhn": (73_257, 26_032), "resisc45": (18_900, 6_300), "sun397": (19_850, 19_850),
-    "demo_shapes": (6_000, 3_000),
-}
+# Train/test sizes of the built-in datasets (their records: published sizes, ImageNet-R our
+# recorded 80/20 split), so a plan needs no data on the machine that prints it.
+DATASET_SIZES: Mapping[str, tuple[int, int]] = MappingProxyType({n: r.sizes for n, r in RECORDS.items()})
 
 # Images per second on one modern data-centre GPU with bf16 autocast (train, eval). Derived from
 # forward FLOPs per image (ViT-B/16 17.6 G, ViT-L/14 81 G) at ~40 % utilisation of an A100, not
@@ -86,10 +83,8 @@ def throughput(cfg: BenchmarkConfig) -> tuple[float, float]:
 
 def num_tasks(scenario: ScenarioConfig) -> int:
     if scenario.kind == "domain_incremental":
-        from pipeline.scenario import DOMAIN_ORDERS
-
-        domains = DOMAIN_ORDERS.get(scenario.dataset)
-        return min(scenario.tasks, len(domains)) if domains else scenario.tasks
+        rec = RECORDS.get(scenario.dataset)
+        return min(scenario.tasks, rec.num_domains) if rec is not None and rec.domains else scenario.tasks
     return scenario.tasks
 
 

@@ -35,6 +35,7 @@ from pipeline.orchestration.plan import (
 )
 from pipeline.orchestration.scenario_results import run_scenario, short_error, summarize
 from pipeline.results import read_run
+from pipeline.units import ChainUnit
 
 Log = Callable[[str], None]
 
@@ -109,16 +110,14 @@ def check_datasets(cfg: BenchmarkConfig) -> None:
     load, for the checkpoint keys and the run's identity. A ``data_root`` URI is left to the workers.
     """
     from pipeline.data import DatasetNotFoundError, fingerprint, load_dataset, registry
-    from pipeline.scenario import register_builtin_extras
 
     if "://" in cfg.data_root:
         return
-    DATASETS = registry.DATASETS  # (the registry's current table, also where a test replaced it)
     twice = sorted(registry.carried_loaders([d.name for d in cfg.datasets]))
     if twice:
         raise DataCheckError(f"datasets.{twice[0]}: declared in the config and also registered in Python "
                              f"(register_dataset); keep one of the two")
-    register_builtin_extras(cfg)
+    DATASETS = registry.datasets_for(cfg.datasets)  # (this process's registry and the config's declarations)
     seen: set[str] = set()
     for i, s in enumerate(cfg.scenarios):
         for name in s.members:
@@ -130,7 +129,8 @@ def check_datasets(cfg: BenchmarkConfig) -> None:
                 raise DataCheckError(f"{where}: unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))} "
                                      f"(declare your own under `datasets:` or register it in Python)")
             try:
-                fingerprint.remember(name, cfg.data_root, load_dataset(name, Path(cfg.data_root)))
+                fingerprint.remember(name, cfg.data_root,
+                                     load_dataset(name, Path(cfg.data_root), declared=cfg.datasets), cfg.datasets)
             except DatasetNotFoundError as err:
                 raise DataCheckError(f"data_root={cfg.data_root}: {err}") from None
 
@@ -142,11 +142,9 @@ DATA_RECORD = "data.json"
 def _data_fingerprints(cfg: BenchmarkConfig) -> dict[str, str | None]:
     """Each dataset's fingerprint (pipeline.data.fingerprint; None: not here)."""
     from pipeline.data import fingerprint
-    from pipeline.scenario import register_builtin_extras
 
-    register_builtin_extras(cfg)
     names = dict.fromkeys(n for s in cfg.scenarios for n in s.members)
-    return {n: fingerprint.dataset_fingerprint(n, cfg.data_root) for n in names}
+    return {n: fingerprint.dataset_fingerprint(n, cfg.data_root, cfg.datasets) for n in names}
 
 
 def _read_data_record(run_dir: str) -> dict[str, str] | None:
@@ -359,7 +357,7 @@ def fit_units(cfg: BenchmarkConfig, plan: Plan, log: Log = print) -> dict[int, l
     leases = Leases(ttl_s=LEASE_TTL_S)
     told: set[int] = set()
     # progress (issue 13): live lines or timestamped log lines, and <run>/progress.json
-    from pipeline.orchestration.progress import Monitor
+    from pipeline.orchestration.progress.monitor import Monitor
     progress = Monitor(cfg, plan, log).start()
     log = progress.wrap(log)
     try:
@@ -373,13 +371,13 @@ def fit_units(cfg: BenchmarkConfig, plan: Plan, log: Log = print) -> dict[int, l
                     queue.remove(i)
                     outcomes[i] = [storage.join(u.folder, f"task_{t:03d}.safetensors") for t in u.unit.outputs]
                     progress.finished(i)
-                elif leases.acquire(u.folder):
+                elif leases.acquire(u.folder, lease_part(u.unit)):
                     queue.remove(i)
                     pending[driving.remote(cfg, u.unit, u.folder, train_root)] = i
                     progress.started(i)
                 elif i not in told:
                     told.add(i)
-                    holder = leases.holder(u.folder) or {}
+                    holder = leases.holder(u.folder, lease_part(u.unit)) or {}
                     log(f"unit {u.unit.label} is being fine-tuned by another driver ({holder.get('owner', '?')}); "
                         f"waiting for it")
             if not pending:
@@ -389,7 +387,7 @@ def fit_units(cfg: BenchmarkConfig, plan: Plan, log: Log = print) -> dict[int, l
             leases.renew()
             for ref in ready:
                 i = pending.pop(ref)
-                leases.release(plan.units[i].folder)
+                leases.release(plan.units[i].folder, lease_part(plan.units[i].unit))
                 try:
                     outcomes[i] = ray.get(ref)
                     progress.finished(i)
@@ -398,10 +396,16 @@ def fit_units(cfg: BenchmarkConfig, plan: Plan, log: Log = print) -> dict[int, l
                     progress.failed(i, short_error(err))
                     log(f"unit {plan.units[i].unit.label} failed: {short_error(err)}")
     finally:
-        leases.release_all()  # (a killed driver's leases expire after LEASE_TTL_S instead)
+        leases.release_all()  # (a killed driver's leases expire after LEASE_TTL_S, or at once on its own host)
         progress.close()
     log(f"{len(plan.pending)} fine-tuning units run in {time.time() - t0:.1f}s")
     return outcomes
+
+
+def lease_part(unit: ChainUnit) -> str:
+    """The lease name of one Train run within its folder (packed runs share a folder)."""
+    mode, outputs = unit.identity
+    return f"{mode}-" + "_".join(map(str, outputs))
 
 
 # A driver renews its units' leases every LEASE_POLL_S; a lease not renewed for LEASE_TTL_S (the

@@ -8,6 +8,11 @@ method table (``pipeline.methods``); this module only runs the stages:
 3. the accuracy matrices (models after each task, running merges, prefix merges) and zero-shot;
 4. the (method, λ) trials: each merge's headline λ plus Figure 9's grid, on Tune or as tasks;
 5. analyses (sign conflicts, forgetting, the figures' rows), then one Parquet per part.
+
+The driver plans from metadata (``pipeline.scenario_meta``: θ0, task count, chance; no image is
+decoded here) and holds ObjectRefs only: every task vector is made from its checkpoint in a Ray
+task, and the merges, folds, evaluations and analyses that read vectors run in Ray tasks too
+(``pipeline.orchestration.merge_tasks``), so no task vector is ever fetched into this process.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -26,6 +31,7 @@ from pipeline import analysis, merging, metrics, storage
 from pipeline import methods as method_table
 from pipeline.config import BenchmarkConfig, ScenarioConfig, config_hash, scenario_methods
 from pipeline.methods import MergeContext
+from pipeline.orchestration.merge_tasks import fold_running, merge_task, post_process_task, task_vector_from
 from pipeline.orchestration.plan import FAILURES_FILE, scenario_dir
 from pipeline.results import code_version, make_rows, write_unit
 from pipeline.task_vectors import task_vector
@@ -37,11 +43,12 @@ Item = tuple[str, str, int, tuple[str, Any, float]]
 
 @dataclass
 class Inputs:
-    """What the merges read: checkpoint paths and task vectors per fine-tuning mode."""
+    """What the merges read: checkpoint paths and task vectors per fine-tuning mode. In the driver
+    ``tvs`` and ``theta0`` are ObjectRefs (``_inputs``); ``_analysis_task`` resolves them."""
 
     paths: dict[str, list[str]]
-    tvs: dict[str, list[dict]]
-    theta0: dict
+    tvs: dict[str, list[Any]]
+    theta0: Any
     num_tasks: int
 
 
@@ -52,25 +59,29 @@ def run_scenario(cfg: BenchmarkConfig, scenario: ScenarioConfig, run_dir: str,
     Methods whose fine-tuning failed are left out and the failure is written to the scenario's
     ``failures.json`` (removed again once a rerun succeeds). Returns the failures.
     """
-    from pipeline.scenario import build_scenario
+    from pipeline.orchestration.evaluate import put_eval_data
+    from pipeline.scenario_meta import scenario_meta
 
     names = scenario_methods(cfg, scenario)
     failed = {mode: err for mode, err in unit_paths.items() if isinstance(err, Exception)}
     failures = [{"scenario": scenario.label, "mode": mode, "methods": sorted(method_table.methods_of_mode(mode, names)),
                  "error": short_error(err)} for mode, err in failed.items()]
     methods = [n for n in names if method_table.get(n).finetuning not in failed]
-    scn = build_scenario(cfg, scenario)
-    inputs = _inputs({m: p for m, p in unit_paths.items() if not isinstance(p, Exception)}, scn.theta0, scn.num_tasks)
-    ctx = MergeContext(cfg.merge, cfg.seed, _trim(cfg, scn.clip.model, scn.theta0))
+    meta = scenario_meta(cfg, scenario)  # (no data: the evaluations ship their test images themselves)
+    backbone, chance, ctx = meta.backbone, meta.chance, MergeContext(cfg.merge, cfg.seed, _trim(cfg, meta.untouched))
+    inputs = _inputs({m: p for m, p in unit_paths.items() if not isinstance(p, Exception)}, ray.put(meta.theta0),
+                     meta.num_tasks)
+    del meta  # θ0 lives in the object store from here on
+    data = put_eval_data(cfg, scenario)
 
     wanted = [*methods, *(n for n in cfg.merge.sweep_methods if n not in methods)]
     running = _fold_running(cfg, scenario, run_dir, wanted, inputs, ctx)
     merged = {**{n: refs[-1] for n, refs in running.items()}, **_merge(wanted, inputs, ctx)}
     workers = eval_workers(cfg)
-    results = _evaluate(cfg, scenario, _matrix_items(methods, inputs, running, merged, ctx), workers, log)
+    results = _evaluate(cfg, scenario, _matrix_items(methods, inputs, running, merged, ctx), workers, data, log)
     matrix_rows, final_rows = _matrix_rows(results, methods, scenario, inputs.num_tasks)
     trials = _trials(cfg, methods, merged)
-    swept = _sweep(cfg, scenario, merged, trials, workers, log)
+    swept = _sweep(cfg, scenario, merged, trials, workers, data, log)
     sweep_rows = []
     for tr in swept:
         key = {"method": tr["method"], "finetuning": method_table.get(tr["method"]).finetuning, "lam": tr["lam"],
@@ -79,9 +90,9 @@ def run_scenario(cfg: BenchmarkConfig, scenario: ScenarioConfig, run_dir: str,
             final_rows += final_accuracy_rows(scenario, key, tr["accuracy"], tr["per_task"])
         else:
             sweep_rows.append({**key, "role": "sweep", "metric": "accuracy", "value": tr["accuracy"]})
-    analysis_rows = _analysis_rows(cfg, scenario, inputs, ctx, scn.chance, matrix_rows)
+    analysis_rows = ray.get(_analysis_task.remote(cfg, scenario, inputs, ctx, chance, matrix_rows))
 
-    common = {"run": cfg.name, "scenario": scenario.label, "backbone": scn.clip.name, "seed": cfg.seed,
+    common = {"run": cfg.name, "scenario": scenario.label, "backbone": backbone, "seed": cfg.seed,
               "config_hash": config_hash(cfg), "code_version": code_version()}
     out_dir = scenario_dir(run_dir, scenario)
     for part, rows in (("matrix", matrix_rows), ("sweep", sweep_rows), ("analysis", analysis_rows),
@@ -110,26 +121,25 @@ def _row_name(name: str) -> str:
         return name
 
 
-def _inputs(paths: dict[str, list[str]], theta0: dict, num_tasks: int) -> Inputs:
-    from pipeline.storage import read_tensors
-
-    tvs = {mode: [task_vector(read_tensors(p, theta0), theta0) for p in paths[mode]]
+def _inputs(paths: dict[str, list[str]], theta0: ray.ObjectRef, num_tasks: int) -> Inputs:
+    """Each mode's task vectors, made from storage in Ray tasks: refs owned by the driver."""
+    tvs = {mode: [task_vector_from.remote(p, theta0) for p in paths[mode]]
            for mode in ("seq", "ind", "lwf", "ewc", "first") if mode in paths}
     return Inputs(paths, tvs, theta0, num_tasks)
 
 
-def _trim(cfg: BenchmarkConfig, model: Any, theta0: dict) -> dict[str, Any]:
+def _trim(cfg: BenchmarkConfig, untouched: int) -> dict[str, Any]:
     # TIES's trimming scope (merge.ties_scope): the official task vectors span the whole CLIP state
-    # dict, so its entries outside the image tower (never trained: zeros) may count in the threshold
-    untouched = (sum(v.numel() for v in model.state_dict().values() if v.is_floating_point())
-                 - sum(t.numel() for t in theta0.values()))
+    # dict, so its entries outside the image tower (never trained: zeros, ``untouched`` of them,
+    # ScenarioMeta) may count in the threshold
     return merging.trim_options(cfg.merge.ties_scope, cfg.merge.ties_entries, untouched)
 
 
 def _fold_running(cfg: BenchmarkConfig, scenario: ScenarioConfig, run_dir: str, wanted: Sequence[str],
                   inputs: Inputs, ctx: MergeContext) -> dict[str, list[ray.ObjectRef]]:
     """Each running merge folded task by task: its value after task t. MagMax folds in one
-    restartable actor per method that persists its state; the continual merges fold here."""
+    restartable actor per method that persists its state; each continual merge folds in one Ray
+    task (``fold_running``) that returns a ref per prefix."""
     from pipeline.orchestration.magmax_actor import MagMaxActor
 
     chosen = [method_table.get(n) for n in wanted]
@@ -151,7 +161,8 @@ def _fold_running(cfg: BenchmarkConfig, scenario: ScenarioConfig, run_dir: str, 
         running[name] = []
         for t, (path, tv) in enumerate(zip(inputs.paths[mode], inputs.tvs[mode])):
             # the tag is the checkpoint's content address: a restarted actor skips what it folded
-            ray.get(actor.add.remote(f"{storage.name(storage.parent(path))}/{t}", ray.put(tv)))
+            # (tv is a ref: Ray resolves it in the actor, never here)
+            ray.get(actor.add.remote(f"{storage.name(storage.parent(path))}/{t}", tv))
             running[name].append(actor.value.remote())
         # results of actor calls are owned by this driver: once they exist, the actor can go
         ray.wait(running[name], num_returns=len(running[name]), fetch_local=False)
@@ -159,16 +170,14 @@ def _fold_running(cfg: BenchmarkConfig, scenario: ScenarioConfig, run_dir: str, 
     for m in chosen:
         if m.actor:
             continue
-        fold, running[m.name] = m.fold(ctx), []
-        for t, tv in enumerate(inputs.tvs[m.finetuning]):
-            fold.add(tv)
-            tvs = inputs.tvs[m.finetuning][: t + 1]
-            running[m.name].append(ray.put(method_table.post_process(fold.value(), tvs, ctx.merge)))
+        tvs = inputs.tvs[m.finetuning]
+        refs = fold_running.options(num_returns=len(tvs)).remote(m, ctx, tvs)
+        running[m.name] = [refs] if len(tvs) == 1 else list(refs)  # (one return: a bare ref)
     if ctx.merge.post:
         for m in chosen:
-            if m.actor:  # (the actor's values, post-processed here: the actor folds MagMax only)
+            if m.actor:  # (the actor's values, post-processed in tasks: the actor folds MagMax only)
                 tvs = inputs.tvs[m.finetuning]
-                running[m.name] = [ray.put(method_table.post_process(ray.get(r), tvs[: t + 1], ctx.merge))
+                running[m.name] = [post_process_task.remote(ctx.merge, r, *tvs[: t + 1])
                                    for t, r in enumerate(running[m.name])]
     return running
 
@@ -179,8 +188,7 @@ def _merge(wanted: Sequence[str], inputs: Inputs, ctx: MergeContext) -> dict[str
     for name in wanted:
         m = method_table.get(name)
         if m.kind == "merge" and m.finetuning in inputs.tvs:
-            tvs = inputs.tvs[m.finetuning]
-            merged[name] = ray.put(method_table.post_process(m.merge(tvs, ctx), tvs, ctx.merge))
+            merged[name] = merge_task.remote(m, ctx, *inputs.tvs[m.finetuning])
     return merged
 
 
@@ -189,7 +197,7 @@ def _matrix_items(methods: Sequence[str], inputs: Inputs, running: dict[str, lis
                   ctx: MergeContext) -> list[Item]:
     """Zero-shot, Joint, and after every task: each fine-tuned model, running merge and prefix merge."""
     T = inputs.num_tasks
-    items: list[Item] = [("zero_shot", "none", -1, ("state", ray.put(inputs.theta0), 1.0))]
+    items: list[Item] = [("zero_shot", "none", -1, ("state", inputs.theta0, 1.0))]
     if "joint" in inputs.paths:
         items.append(("joint", "joint", T - 1, ("path", inputs.paths["joint"][0], 1.0)))
     for m in method_table.table():
@@ -206,8 +214,7 @@ def _matrix_items(methods: Sequence[str], inputs: Inputs, running: dict[str, lis
         if m.kind == "merge" and m.matrix and m.finetuning in inputs.tvs:
             tvs, lam = inputs.tvs[m.finetuning], m.default_lambda(ctx.merge)
             # after the last task the prefix is every vector: the merge already made (_merge)
-            prefix = [ray.put(method_table.post_process(m.merge(tvs[: t + 1], ctx), tvs[: t + 1], ctx.merge))
-                      for t in range(T - 1)] + [merged[name]]
+            prefix = [merge_task.remote(m, ctx, *tvs[: t + 1]) for t in range(T - 1)] + [merged[name]]
             items += [(name, m.finetuning, t, ("tau", ref, lam)) for t, ref in enumerate(prefix)]
     return items
 
@@ -225,13 +232,13 @@ def eval_workers(cfg: BenchmarkConfig) -> int:
 
 
 def _evaluate(cfg: BenchmarkConfig, scenario: ScenarioConfig, items: list[Item], workers: int,
-              log: Log) -> dict[tuple[str, str, int], tuple[float, list[float], float]]:
-    from pipeline.orchestration.evaluate import evaluate_many, put_eval_data
+              data: ray.ObjectRef, log: Log) -> dict[tuple[str, str, int], tuple[float, list[float], float]]:
+    """``data``: ``put_eval_data``'s test images and model, shipped once, not rebuilt per worker."""
+    from pipeline.orchestration.evaluate import evaluate_many
     from pipeline.orchestration.train import eval_resources
 
     t0 = time.time()
     res = eval_resources(cfg)
-    data = put_eval_data(cfg, scenario)  # test images and model shipped once, not rebuilt per worker
     chunks = [items[i::workers] for i in range(min(workers, len(items)))]
     evals = ray.get([evaluate_many.options(num_cpus=res["CPU"], num_gpus=res["GPU"])
                      .remote(cfg, scenario, [c[3] for c in chunk], [data]) for chunk in chunks])
@@ -270,13 +277,12 @@ def _trials(cfg: BenchmarkConfig, methods: Sequence[str], merged: dict[str, Any]
 
 
 def _sweep(cfg: BenchmarkConfig, scenario: ScenarioConfig, merged: dict[str, Any], trials: list[dict[str, Any]],
-           workers: int, log: Log) -> list[dict[str, Any]]:
-    from pipeline.orchestration.evaluate import evaluate_many, put_eval_data
+           workers: int, data: ray.ObjectRef, log: Log) -> list[dict[str, Any]]:
+    from pipeline.orchestration.evaluate import evaluate_many
     from pipeline.orchestration.sweep import run_sweep
     from pipeline.orchestration.train import eval_resources
 
-    t0 = time.time()
-    data = put_eval_data(cfg, scenario)  # as in _evaluate: no trial decodes the dataset again
+    t0 = time.time()  # (data: as in _evaluate, so that no trial decodes the dataset again)
     if cfg.ray.tune_sweep:
         # named by config and trial grid: a rerun reads the records of this grid's finished trials;
         # one Tune trial per evaluation slot, each evaluating a group of (method, λ) pairs
@@ -298,6 +304,16 @@ def _sweep(cfg: BenchmarkConfig, scenario: ScenarioConfig, merged: dict[str, Any
     return swept
 
 
+@ray.remote
+def _analysis_task(cfg: BenchmarkConfig, scenario: ScenarioConfig, inputs: Inputs, ctx: MergeContext,
+                   chance: float, matrix_rows: list[dict]) -> list[dict[str, Any]]:
+    """``_analysis_rows`` in a worker: the task vectors it reads (ind and seq; refs in ``inputs``)
+    are fetched here, not in the driver; its figure evaluations are tasks of their own."""
+    tvs = {mode: ray.get(inputs.tvs[mode]) for mode in ("ind", "seq") if mode in inputs.tvs}
+    return _analysis_rows(cfg, scenario, replace(inputs, tvs=tvs, theta0=ray.get(inputs.theta0)), ctx, chance,
+                          matrix_rows)
+
+
 def _analysis_rows(cfg: BenchmarkConfig, scenario: ScenarioConfig, inputs: Inputs, ctx: MergeContext,
                    chance: float, matrix_rows: list[dict]) -> list[dict[str, Any]]:
     T = inputs.num_tasks
@@ -306,7 +322,7 @@ def _analysis_rows(cfg: BenchmarkConfig, scenario: ScenarioConfig, inputs: Input
     for mode in ("ind", "seq"):
         if mode in inputs.tvs and len(inputs.tvs[mode]) > 1:
             rows.append({"method": "sign_conflicts", "finetuning": mode, "role": "analysis",
-                         "metric": "sign_conflicts",
+                         "metric": "sign_conflicts", "x": float(cfg.merge.sign_conflict_top_k), "x_kind": "top_k",
                          "value": analysis.sign_conflicts(inputs.tvs[mode], top_k=cfg.merge.sign_conflict_top_k,
                                                           **ctx.trim)})
     for method in {r["method"] for r in matrix_rows}:

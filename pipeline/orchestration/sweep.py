@@ -24,11 +24,14 @@ import uuid
 from typing import Any
 
 import ray
+import torch
 from ray import tune
 
 from pipeline import storage
 from pipeline.config import BenchmarkConfig, ScenarioConfig
-from pipeline.orchestration.progress import quiet_tune
+from pipeline.merging import apply_task_vector
+from pipeline.orchestration.evaluate import evaluator_for
+from pipeline.orchestration.progress.monitor import quiet_tune
 from pipeline.orchestration.train import eval_resources
 
 
@@ -82,11 +85,6 @@ def _trial(config: dict[str, Any], cfg: BenchmarkConfig, scenario: ScenarioConfi
     """One Tune trial: evaluate its group's pairs in order, recording each as it finishes. A pair
     that fails does not stop the others (their records let a rerun skip them); the trial fails
     at the end, naming every pair that did."""
-    import torch
-
-    from pipeline.merging import apply_task_vector
-    from pipeline.orchestration.evaluate import evaluator_for
-
     torch.set_num_threads(1)
     ev = evaluator_for(cfg, scenario, data)
     ids, accuracy, per_task_out, errors = [], [], [], []

@@ -18,10 +18,13 @@ from typing import Any
 
 import ray
 import torch
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from pipeline.storage import CheckpointStore
 from pipeline.storage import name as storage_name
 from pipeline.config import BenchmarkConfig, redact
+from pipeline.finetune import NonFiniteLossError
+from pipeline.orchestration.progress.monitor import worker_reporter
 from pipeline.units import ChainUnit
 
 
@@ -48,12 +51,13 @@ def eval_resources(cfg: BenchmarkConfig) -> dict[str, float]:
 
 def _train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
     """Ray Train worker function: run the chain, report every epoch; returns a failure, if any."""
+    # on use: ray.train takes seconds to import, and so does pipeline.scenario (every dataset's
+    # loader); sweep, figures and the runner import this module for eval_resources/use_gpu only
     import ray.train
     import ray.train.torch
 
-    from pipeline.finetune import NonFiniteLossError
     from pipeline.scenario import build_scenario
-    from pipeline.units import run_chain
+    from pipeline.chain import run_chain
 
     cfg: BenchmarkConfig = config["cfg"]
     unit: ChainUnit = config["unit"]
@@ -64,7 +68,6 @@ def _train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
     node = ray.get_runtime_context().get_node_id()
     scn = build_scenario(cfg, unit.scenario)
     # progress for the driver's display and progress.json (issue 13); rank 0 only, never raises
-    from pipeline.orchestration.progress import worker_reporter
     tell = worker_reporter(cfg, unit, scn, config["unit_dir"]) if rank == 0 else None
 
     def report(task: int, epoch: int, loss: float) -> None:
@@ -98,7 +101,7 @@ def unit_finished(unit: ChainUnit, unit_dir: str) -> bool:
 
 def fit_unit(cfg: BenchmarkConfig, unit: ChainUnit, unit_dir: str, storage_path: str) -> list[str]:
     """Fine-tune one unit with a ``TorchTrainer`` (skipped when all its checkpoints exist)."""
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train import FailureConfig, RunConfig, ScalingConfig  # on use: slow to import (see _train_loop)
     from ray.train.torch import TorchTrainer
 
     store = CheckpointStore(unit_dir)
@@ -151,8 +154,6 @@ def driving_options(max_failures: int) -> dict[str, Any]:
     replaces; the head going down ends the job anyway. The cost is memory there: each unit in
     flight keeps its driving task and controller on that node.
     """
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
     here = ray.get_runtime_context().get_node_id()
     return {"max_retries": max_failures, "retry_exceptions": False,
             "scheduling_strategy": NodeAffinitySchedulingStrategy(node_id=here, soft=True)}

@@ -22,7 +22,10 @@ Row vocabulary
 ==============
 The one definition of which results rows each table and figure reads (any other column as in
 ``pipeline.results``; task indices t in after_task/eval_task are 0-based, as everywhere in the
-results). Rows of several seeds are averaged; the std over seeds is shown where there are several.
+results). ``lam`` is always the merge coefficient λ (NaN where none) and ``eval_task`` the
+evaluated task (-1 = all); a figure's other abscissa is ``x``, of kind ``x_kind``
+(``pipeline.results.X_KINDS``; NaN and "" where none). Rows of several seeds are averaged; the
+std over seeds is shown where there are several.
 
 Tables 1-8 (``table<N>.md``/``.tex``) and ``table.md``
     role="final", metric="accuracy", eval_task=-1, value = task-agnostic top-1 accuracy (%) of the
@@ -41,43 +44,49 @@ Tables 1-8 (``table<N>.md``/``.tex``) and ``table.md``
     label counts as class-incremental with 1 + its largest after_task tasks.
 Figure 2 (pruning)
     role="analysis", metric="prune_accuracy", method="highest"|"lowest"|"random",
-    lam = fraction of the task vector's entries kept (0..1), value = accuracy (%).
+    x_kind="share_kept", x = fraction of the task vector's entries kept (0..1), lam = 1 (the pruned
+    vector is added whole), value = accuracy (%).
 Figures 3 and 10 (sign_conflicts)
     role="analysis", metric="sign_conflicts", method="sign_conflicts", finetuning="ind"|"seq",
-    value = fraction (0..1) of parameters in conflict after top-20 % trimming. Every scenario
-    present is drawn, grouped by kind (class-/domain-incremental, eight datasets).
+    x_kind="top_k", x = share of entries each vector keeps by the trimming
+    (``merge.sign_conflict_top_k``, 0.2 as in the paper), value = fraction (0..1) of parameters
+    in conflict after that trimming. Every scenario present is drawn, grouped by kind
+    (class-/domain-incremental, eight datasets).
 Figures 4 and 11 (accuracy_matrices, accuracy_matrices_magmax)
     role="matrix", metric="accuracy", after_task = r, eval_task = c >= 0, value = accuracy (%)
     on task c after training task r. Figure 4 draws seq_ft, avg and magmax (every method
     present if none of those); Figure 11 draws magmax for every scenario (two or more).
 Figure 5 (kth_magnitude)
     role="analysis", metric="kth_accuracy", method="kth_magnitude", finetuning="ind"|"seq",
-    lam = k (1 = MagMax; merges rescaled to MagMax's norm, ``analysis.kth_magnitude_merges``),
-    value = accuracy (%).
+    x_kind="kth", x = k (1 = MagMax; merges rescaled to MagMax's norm,
+    ``analysis.kth_magnitude_merges``), lam = the λ they are applied with, value = accuracy (%).
 Figure 6 (update_consistency)
     role="analysis", metric="consistency_magnitude", method="magmax", finetuning="seq",
-    after_task = t (the sequential task vector tau_t), eval_task = n (number of consistent update
-    directions), value = mean |tau_t| over those parameters (``analysis.update_consistency`` with
-    reference=t; ``consistency_entries``).
+    after_task = t (the sequential task vector tau_t), x_kind="n_consistent", x = n (number of
+    consistent update directions), value = mean |tau_t| over those parameters
+    (``analysis.update_consistency`` with reference=t; ``consistency_entries``).
 Figure 7 (contributions)
     role="analysis", metric="contribution", method="magmax", finetuning="ind"|"seq",
-    eval_task = t, value = share (0..1) of parameters the merge takes from tau_t
+    x_kind="source_task", x = t, value = share (0..1) of parameters the merge takes from tau_t
     (``analysis.contributions``; ``contribution_entries``).
 Figure 8 (leave_one_out)
     role="analysis", metric="leave_one_out_accuracy", method="magmax", finetuning="ind"|"seq",
-    after_task = the task left out (-1: none, the merge of all tasks), eval_task = evaluated task
-    (-1: all classes), value = accuracy (%). Drawn as accuracy minus the all-task merge's.
+    x_kind="left_out", x = the task left out (x_kind "" and x NaN: the merge of all tasks),
+    after_task = the last task, eval_task = evaluated task
+    (-1: all classes), lam = the λ of the merges, value = accuracy (%). Drawn as accuracy minus
+    the all-task merge's.
 Figure 9 (lambda_sweep)
     role="sweep", metric="accuracy", eval_task=-1, lam = λ, value = accuracy (%).
 Figure 12 (layer_magnitudes)
     role="analysis", method="magmax", finetuning="seq", after_task = t (tau_MagMax after task t),
     metric="layer_magnitude_<type>" (type ln|attn|mlp|embed|other, eval_task=-1) and
-    metric="block_magnitude" (eval_task = block index), value = mean |entry|
+    metric="block_magnitude" (x_kind="block", x = block index), value = mean |entry|
     (``analysis.mean_magnitude_by_layer``; ``layer_magnitude_entries``).
 Figure 13 (entry_distributions)
     role="analysis", metric="entry_histogram", finetuning="ind"|"seq", method="task_vector"
-    (after_task = t: tau_t) or the merge (e.g. "magmax", after_task = T-1), eval_task = bin
-    index, lam = bin centre, value = count (``analysis.entry_histogram``; ``histogram_entries``).
+    (after_task = t: tau_t) or the merge (e.g. "magmax", after_task = T-1),
+    x_kind="bin_centre", x = bin centre, value = count (``analysis.entry_histogram``;
+    ``histogram_entries``).
 index.md tables
     role="analysis", metric="first_task_forgetting" | "average_forgetting" (points) | "chance" (%).
 """

@@ -293,11 +293,20 @@ def plot_sign_conflicts(df: pd.DataFrame, path: str | os.PathLike[str], suffixes
 # Figures 2, 5-8, 12, 13: analysis rows
 
 
-def _analysis_rows(df: pd.DataFrame, metric: str) -> pd.DataFrame:
+def _analysis_rows(df: pd.DataFrame, metric: str, x_kind: str | None = None) -> pd.DataFrame:
+    """The ``metric`` rows with ``_col``; with ``x_kind``, each must carry its abscissa in ``x``."""
     d = df[(df["role"] == "analysis") & (df["metric"] == metric)]
     if d.empty:
         raise ValueError(f"no {metric} rows")
+    if x_kind is not None:
+        _check_x_kind(d, metric, x_kind)
     return with_column_label(d)
+
+
+def _check_x_kind(d: pd.DataFrame, what: str, x_kind: str) -> None:
+    wrong = sorted(set(d["x_kind"]) - {x_kind})
+    if wrong:
+        raise ValueError(f"{what} rows need x_kind {x_kind!r}, got {wrong}")
 
 
 def _scenarios(d: pd.DataFrame) -> list[str]:
@@ -337,7 +346,7 @@ _PRUNE_COLORS = {"highest": "tab:green", "lowest": "tab:red", "random": "tab:gra
 def plot_pruning(df: pd.DataFrame, path: str | os.PathLike[str], suffixes: Sequence[str] = ()) -> list[Path]:
     """Figure 2: accuracy (%) against the share of a task vector's entries kept, one line per
     selection (highest, lowest or random magnitude), one panel per scenario."""
-    d = _analysis_rows(df, "prune_accuracy")
+    d = _analysis_rows(df, "prune_accuracy", "share_kept")
     scen = _scenarios(d)
     fig, axes = _panels(1, len(scen))
     modes = [m for m in PRUNE_MODES if m in set(d["method"])] + sorted(set(d["method"]) - set(PRUNE_MODES))
@@ -345,7 +354,7 @@ def plot_pruning(df: pd.DataFrame, path: str | os.PathLike[str], suffixes: Seque
         for mode in modes:
             part = d[(d["_col"] == s) & (d["method"] == mode)]
             if not part.empty:
-                _mean_line(ax, part.assign(_x=100 * part["lam"]), "_x", label=f"{mode} magnitude"
+                _mean_line(ax, part.assign(_x=100 * part["x"]), "_x", label=f"{mode} magnitude"
                            if mode != "random" else "random", color=_PRUNE_COLORS.get(mode))
         ax.set_title(s, fontsize=10)
         ax.set_xlabel("task-vector entries kept (%)")
@@ -356,15 +365,15 @@ def plot_pruning(df: pd.DataFrame, path: str | os.PathLike[str], suffixes: Seque
 def plot_kth_magnitude(df: pd.DataFrame, path: str | os.PathLike[str], suffixes: Sequence[str] = ()) -> list[Path]:
     """Figure 5: accuracy (%) of the merge by the k-th highest magnitude (norms equalised)
     against k, independent and sequential fine-tuning, one panel per scenario."""
-    d = _analysis_rows(df, "kth_accuracy")
+    d = _analysis_rows(df, "kth_accuracy", "kth")
     scen = _scenarios(d)
     fig, axes = _panels(1, len(scen))
     for ax, s in zip(axes[0], scen):
         for mode in _ft_order(d["finetuning"]):
             part = d[(d["_col"] == s) & (d["finetuning"] == mode)]
             if not part.empty:
-                _mean_line(ax, part, "lam", label=_FT_NAMES.get(mode, mode), color=_FT_COLORS.get(mode))
-        ks = sorted(d.loc[d["_col"] == s, "lam"].unique())
+                _mean_line(ax, part, "x", label=_FT_NAMES.get(mode, mode), color=_FT_COLORS.get(mode))
+        ks = sorted(d.loc[d["_col"] == s, "x"].unique())
         ax.set_xticks(ks)
         ax.set_xticklabels([f"{k:g}" for k in ks], fontsize=8)
         ax.set_title(s, fontsize=10)
@@ -382,14 +391,14 @@ def plot_update_consistency(df: pd.DataFrame, path: str | os.PathLike[str],
                             suffixes: Sequence[str] = ()) -> list[Path]:
     """Figure 6: mean |tau_t| against the number n of consistent update directions, one line per
     sequential task vector tau_t, one panel per scenario."""
-    d = _analysis_rows(df, "consistency_magnitude")
+    d = _analysis_rows(df, "consistency_magnitude", "n_consistent")
     scen = _scenarios(d)
     fig, axes = _panels(1, len(scen))
     for ax, s in zip(axes[0], scen):
         part = d[d["_col"] == s]
         tasks = sorted(part["after_task"].unique())
         for t, color in zip(tasks, _task_colors(len(tasks))):
-            _mean_line(ax, part[part["after_task"] == t], "eval_task", label=rf"$\tau_{{{t + 1}}}$", color=color)
+            _mean_line(ax, part[part["after_task"] == t], "x", label=rf"$\tau_{{{t + 1}}}$", color=color)
         ax.set_title(s, fontsize=10)
         ax.set_xlabel("consistent update directions n")
         ax.xaxis.get_major_locator().set_params(integer=True)
@@ -400,17 +409,18 @@ def plot_update_consistency(df: pd.DataFrame, path: str | os.PathLike[str],
 def plot_contributions(df: pd.DataFrame, path: str | os.PathLike[str], suffixes: Sequence[str] = ()) -> list[Path]:
     """Figure 7: share (%) of the merged vector's parameters taken from each task vector,
     independent against sequential fine-tuning, one panel per scenario."""
-    d = _analysis_rows(df, "contribution")
+    d = _analysis_rows(df, "contribution", "source_task")
+    d = d.assign(_task=d["x"].astype(int))
     scen = _scenarios(d)
     modes = _ft_order(d["finetuning"])
     fig, axes = _panels(1, len(scen))
     width = 0.8 / len(modes)
     for ax, s in zip(axes[0], scen):
         part = d[d["_col"] == s]
-        tasks = sorted(part["eval_task"].unique())
+        tasks = sorted(part["_task"].unique())
         x = np.arange(len(tasks))
         for k, mode in enumerate(modes):
-            stats = part[part["finetuning"] == mode].groupby("eval_task")["value"].agg(["mean", "std"])
+            stats = part[part["finetuning"] == mode].groupby("_task")["value"].agg(["mean", "std"])
             means = np.array([100 * stats["mean"].get(t, np.nan) for t in tasks])
             stds = np.array([100 * stats["std"].get(t, np.nan) for t in tasks])
             ax.bar(x + (k - (len(modes) - 1) / 2) * width, means, width, label=_FT_NAMES.get(mode, mode),
@@ -470,6 +480,7 @@ def plot_layer_magnitudes(df: pd.DataFrame, path: str | os.PathLike[str], suffix
            & (df["metric"].str.startswith("layer_magnitude_") | (df["metric"] == "block_magnitude"))]
     if d.empty:
         raise ValueError("no layer_magnitude_*/block_magnitude rows")
+    _check_x_kind(d[d["metric"] == "block_magnitude"], "block_magnitude", "block")
     d = with_column_label(d)
     scen = _scenarios(d)
     fig, axes = _panels(2, len(scen))
@@ -489,7 +500,7 @@ def plot_layer_magnitudes(df: pd.DataFrame, path: str | os.PathLike[str], suffix
                 _mean_line(axes[0][j], bt, "_x", label=label, color=color)
             bb = blocks[blocks["after_task"] == t]
             if not bb.empty:
-                _mean_line(axes[1][j], bb, "eval_task", label=label, color=color)
+                _mean_line(axes[1][j], bb, "x", label=label, color=color)
         axes[0][j].set_xticks(range(len(types)))
         axes[0][j].set_xticklabels([_LAYER_NAMES.get(t, t) for t in types], fontsize=8)
         axes[0][j].set_title(s, fontsize=10)
@@ -504,7 +515,7 @@ def plot_entry_distributions(df: pd.DataFrame, path: str | os.PathLike[str],
                              suffixes: Sequence[str] = ()) -> list[Path]:
     """Figure 13: histograms (log counts) of task-vector entries, one line per task vector and
     the merged vector in black; rows = fine-tuning mode (independent on top), columns = scenario."""
-    d = _analysis_rows(df, "entry_histogram")
+    d = _analysis_rows(df, "entry_histogram", "bin_centre")
     scen = _scenarios(d)
     modes = _ft_order(d["finetuning"])
     fig, axes = _panels(len(modes), len(scen))
@@ -519,10 +530,10 @@ def plot_entry_distributions(df: pd.DataFrame, path: str | os.PathLike[str],
             vectors = part[part["method"] == "task_vector"]
             tasks = sorted(vectors["after_task"].unique())
             for t, color in zip(tasks, _task_colors(len(tasks))):
-                h = vectors[vectors["after_task"] == t].groupby("lam")["value"].mean()
+                h = vectors[vectors["after_task"] == t].groupby("x")["value"].mean()
                 ax.step(h.index, h.to_numpy(), where="mid", color=color, linewidth=1, label=rf"$\tau_{{{t + 1}}}$")
             for method, merged in part[part["method"] != "task_vector"].groupby("method"):
-                h = merged.groupby("lam")["value"].mean()
+                h = merged.groupby("x")["value"].mean()
                 ax.step(h.index, h.to_numpy(), where="mid", color="black", linewidth=1.4, linestyle="--",
                         label=display_name(method))
             ax.set_yscale("log", nonpositive="mask")

@@ -148,9 +148,10 @@ def sweep_curves(df: pd.DataFrame) -> pd.DataFrame:
 def leave_one_out_delta(part: pd.DataFrame) -> tuple[np.ndarray, list[int], list[int]]:
     """Figure 8's grid: (left-out task x evaluated task) accuracy minus the all-task merge's;
     eval -1 last."""
-    cells = part.groupby(["after_task", "eval_task"])["value"].mean()
+    left_out = part["x"].where(part["x_kind"] == "left_out", -1).astype(int)  # -1: the all-task merge
+    cells = part.assign(left_out=left_out).groupby(["left_out", "eval_task"])["value"].mean()
     if -1 not in cells.index.get_level_values(0):
-        raise ValueError("leave_one_out_accuracy rows lack the all-task merge (after_task=-1)")
+        raise ValueError("leave_one_out_accuracy rows lack the all-task merge (x_kind '')")
     left = sorted(t for t in cells.index.get_level_values(0).unique() if t >= 0)
     evals = sorted(e for e in cells.index.get_level_values(1).unique() if e >= 0)
     evals += [-1] if -1 in cells.index.get_level_values(1) else []

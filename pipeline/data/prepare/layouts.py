@@ -1,5 +1,5 @@
 """Per dataset: where its files sit in the official distribution, and how they are arranged into
-the layout its loader reads (pipeline.data.registry._LAYOUTS).
+the layout its loader reads (pipeline.data.records: DatasetRecord.layout).
 
 Each assembler finds what it needs in the sources by name and shape (so an official archive, a
 folder it was extracted to, or a copy already in the loader's layout all work) and puts it under
@@ -69,7 +69,7 @@ def _files(names: dict[str, str], what: str) -> Callable[[Sources, Path], None]:
 
 
 def _domainnet(src: Sources, out: Path) -> None:
-    from pipeline.data.registry import DOMAINNET_ALL_DOMAINS
+    from pipeline.data.loaders.domainnet import DOMAINNET_ALL_DOMAINS
 
     for domain in DOMAINNET_ALL_DOMAINS:
         for split in ("train", "test"):

@@ -40,7 +40,9 @@ def build(name: str, root: Path, folder: str, sources: Sequence[Path]) -> dict[s
     The loader's errors (DatasetNotFoundError: path, expected layout) propagate; every file the
     loader indexes is checked to exist (DomainNet's lists name files the loader never stats).
     """
-    from pipeline.data.registry import ArrayImageDataset, _is_image, load_dataset
+    from pipeline.data.bundle import ArrayImageDataset
+    from pipeline.data.registry import load_dataset
+    from pipeline.data.scan import is_image
 
     bundle = load_dataset(name, root)
     base = root / folder
@@ -55,7 +57,7 @@ def build(name: str, root: Path, folder: str, sources: Sequence[Path]) -> dict[s
                                    f"e.g. {missing[0]}; the archive is incomplete")
     all_files = sorted(files_under(base, skip=MANIFEST))
     if not isinstance(bundle.train, ArrayImageDataset):
-        image_count = sum(1 for f in all_files if _is_image(Path(f)))
+        image_count = sum(1 for f in all_files if is_image(Path(f)))
     num = bundle.num_classes
     per_split = {s: np.bincount(t, minlength=num) for s, t in
                  (("train", bundle.train_targets), ("test", bundle.test_targets))}
