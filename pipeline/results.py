@@ -37,6 +37,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import storage
+from pipeline import __version__
 
 __all__ = [
     "SCHEMA",
@@ -378,6 +379,4 @@ def code_version() -> str:
 
         return version("magmax-pipeline")
     except Exception:
-        from pipeline import __version__
-
         return __version__

@@ -27,11 +27,14 @@ from pipeline.data.splits import (
     task_indices,
 )
 from pipeline.models import Clip, ImageClassifier, image_encoder_state, load_clip, zero_shot_head
+from pipeline import storage
+from pipeline.models import load_image_encoder_state
+from pipeline.finetune import task_label_map
+from pipeline.units import task_epochs
 
 # The domain-incremental task orders: a read-only view of the dataset records (pipeline.data.records).
 DOMAIN_ORDERS = MappingProxyType({n: r.domains for n, r in RECORDS.items() if r.domains})
 # Epochs of a task on a dataset without a record (registered or declared) and finetune.epochs 0.
-FALLBACK_EPOCHS = 10
 # Datasets whose decoded train and test images fit in this many bytes (as held: float test images
 # at the model's input size, uint8 uncropped train images, or float ones under train_transform=eval)
 # are decoded once and kept as tensors: the demo world and profile=tiny. Real datasets at 224 px
@@ -199,8 +202,6 @@ class Scenario:
         """A fresh image classifier over θ0 (or ``state``) with the frozen full head."""
         import copy
 
-        from pipeline.models import load_image_encoder_state
-
         visual = copy.deepcopy(self.clip.visual)
         model = ImageClassifier(visual, self.head, self.clip.logit_scale)
         if state is not None:
@@ -209,8 +210,6 @@ class Scenario:
 
     def train_head(self, task: int | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Head rows and label map while training ``task`` (None: joint, all classes)."""
-        from pipeline.finetune import task_label_map
-
         if task is None or self.domain_incremental:
             return self.head, None
         classes = self.task_classes[task]
@@ -241,21 +240,6 @@ class Scenario:
             np.arange(len(self.data.test))
         pos = {int(i): p for p, i in enumerate(idx)}
         return [np.array([pos[int(i)] for i in group], dtype=np.int64) for group in self.test_task_idx]
-
-
-def task_epochs(cfg: BenchmarkConfig, scenario: ScenarioConfig, task: int | None) -> int:
-    """Epochs of one task: ``finetune.epochs`` when set, else its dataset's record's (the paper's,
-    design.md; the multi-dataset benchmark's own where they differ)."""
-    if cfg.finetune.epochs:
-        return cfg.finetune.epochs
-    if scenario.kind != "multi_dataset":
-        rec = RECORDS.get(scenario.dataset)
-        return rec.epochs if rec is not None else FALLBACK_EPOCHS
-    if task is None:
-        raise ValueError(f"scenario {scenario.label}: a joint run over several datasets needs finetune.epochs > 0")
-    name = scenario.datasets[task]
-    rec = RECORDS.get(name)
-    return rec.task_epochs(multi_dataset=True) if rec is not None else FALLBACK_EPOCHS
 
 
 class _OffsetTargets(Dataset):
@@ -428,8 +412,6 @@ def _cached_head(cfg: BenchmarkConfig, clip: Clip, classnames: Sequence[str], te
     """
     import hashlib
     import json
-
-    from pipeline import storage
 
     digest = hashlib.sha256(json.dumps([list(classnames), list(templates)]).encode())
     for name, tensor in sorted(clip.model.state_dict().items()):

@@ -18,6 +18,9 @@ import numpy as np
 import torch
 
 from pipeline.config import BenchmarkConfig, ScenarioConfig
+from pipeline.data import load_dataset
+from pipeline.models import image_encoder_state
+from pipeline.scenario import DOMAIN_ORDERS, load_clip_from_config
 
 
 @dataclass(frozen=True)
@@ -31,10 +34,6 @@ class ScenarioMeta:
 
 def scenario_meta(cfg: BenchmarkConfig, scenario: ScenarioConfig) -> ScenarioMeta:
     """θ0, task count, chance and the backbone's figures of ``scenario``, decoding no image."""
-    from pipeline.data import load_dataset
-    from pipeline.models import image_encoder_state
-    from pipeline.scenario import DOMAIN_ORDERS, load_clip_from_config
-
     clip = load_clip_from_config(cfg.model)
     theta0 = image_encoder_state(clip.model)
     untouched = (sum(v.numel() for v in clip.model.state_dict().values() if v.is_floating_point())

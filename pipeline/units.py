@@ -18,6 +18,8 @@ from pathlib import Path
 from pipeline.config import BenchmarkConfig, ScenarioConfig
 from pipeline.finetune import Recipe
 from pipeline.storage import CheckpointStore
+from pipeline.data import fingerprint
+from pipeline.data.records import RECORDS
 
 MODES = ("seq", "ind", "lwf", "ewc", "joint", "first")
 # "first" is a sequential chain whose task t starts from θ_1 (Table 6), whatever finetune.start_from
@@ -69,9 +71,8 @@ class ChainUnit:
 
 def _task_count(scenario: ScenarioConfig) -> int:
     """The scenario's tasks (a domain-incremental one has at most its dataset's domains; as plan.num_tasks)."""
-    from pipeline.scenario import DOMAIN_ORDERS
-
-    domains = DOMAIN_ORDERS.get(scenario.dataset) if scenario.kind == "domain_incremental" else None
+    rec = RECORDS.get(scenario.dataset)
+    domains = rec.domains if rec is not None and scenario.kind == "domain_incremental" else None
     return min(scenario.tasks, len(domains)) if domains else scenario.tasks
 
 
@@ -95,8 +96,6 @@ def data_determinant(cfg: BenchmarkConfig, scenario: ScenarioConfig) -> tuple[st
     real key), ``"unknown"`` when a dataset is not registered or not under data_root here (a
     ``--plan`` without the data: its cache state is unknown; a run checks the data first).
     """
-    from pipeline.data import fingerprint
-
     fps = {name: fingerprint.dataset_fingerprint(name, cfg.data_root, cfg.datasets) for name in scenario.members}
     if all(fp is not None and fp.startswith("sha256:") for fp in fps.values()):
         return "content", {"data": fps}
@@ -105,8 +104,6 @@ def data_determinant(cfg: BenchmarkConfig, scenario: ScenarioConfig) -> tuple[st
 
 
 def checkpoint_key(cfg: BenchmarkConfig, scenario: ScenarioConfig, mode: str) -> str:
-    from pipeline.scenario import task_epochs
-
     f = cfg.finetune
     start_from = f.start_from
     if mode == "first":
@@ -154,3 +151,22 @@ def recipe_from(cfg: BenchmarkConfig, epochs: int) -> Recipe:
     f = cfg.finetune
     return Recipe(lr=f.lr, weight_decay=f.weight_decay, epochs=epochs, warmup_steps=f.warmup_steps,
                   grad_clip=f.grad_clip, precision=f.precision, micro_batch_size=f.micro_batch_size)
+
+
+# epochs of a dataset without a record (registered or declared at run time) and no finetune.epochs
+FALLBACK_EPOCHS = 10
+
+
+def task_epochs(cfg: BenchmarkConfig, scenario: ScenarioConfig, task: int | None) -> int:
+    """Epochs of one task: ``finetune.epochs`` when set, else its dataset's record's (the paper's,
+    design.md; the multi-dataset benchmark's own where they differ)."""
+    if cfg.finetune.epochs:
+        return cfg.finetune.epochs
+    if scenario.kind != "multi_dataset":
+        rec = RECORDS.get(scenario.dataset)
+        return rec.epochs if rec is not None else FALLBACK_EPOCHS
+    if task is None:
+        raise ValueError(f"scenario {scenario.label}: a joint run over several datasets needs finetune.epochs > 0")
+    name = scenario.datasets[task]
+    rec = RECORDS.get(name)
+    return rec.task_epochs(multi_dataset=True) if rec is not None else FALLBACK_EPOCHS

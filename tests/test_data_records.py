@@ -12,7 +12,8 @@ from pipeline.data.splits import DOMAINNET_DOMAINS, IMAGENET_R_DOMAINS
 from pipeline.data.synthetic import TINY_WRITERS
 from pipeline.data.templates import TEMPLATES
 from pipeline.orchestration.plan import DATASET_SIZES
-from pipeline.scenario import DOMAIN_ORDERS, task_epochs
+from pipeline.scenario import DOMAIN_ORDERS
+from pipeline.units import task_epochs
 
 PAPER = ("cifar100", "imagenet_r", "domainnet", "cub200", "cars", "dtd", "eurosat", "gtsrb", "mnist",
          "svhn", "resisc45", "sun397")

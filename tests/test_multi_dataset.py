@@ -9,7 +9,8 @@ import torch
 
 from pipeline.config import ConfigError, load_config, scenario_methods
 from pipeline.orchestration.plan import build_plan, train_images
-from pipeline.scenario import build_scenario, task_epochs
+from pipeline.scenario import build_scenario
+from pipeline.units import task_epochs
 from pipeline.evaluation import Evaluator
 from pipeline.units import checkpoint_key
 

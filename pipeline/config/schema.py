@@ -170,6 +170,7 @@ def _carried_loaders(cfg: BenchmarkConfig) -> dict[str, Any]:
 
 def _restore_config(cls: type, values: dict[str, Any], loaders: dict[str, Any]) -> BenchmarkConfig:
     if loaders:
+        # on use: the config loads no dataset code unless a run registered loaders in Python
         from pipeline.data.registry import adopt_loaders
 
         adopt_loaders(loaders)

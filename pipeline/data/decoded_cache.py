@@ -47,6 +47,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as F
 
 from pipeline.data.augment import PreCrop, SeededCrop, _cap, sample_seed
+from pipeline.data.fingerprint import bundle_fingerprint
 
 ENV_MODE = "MAGMAX_DECODED_CACHE"
 ENV_DIR = "MAGMAX_CACHE_DIR"
@@ -439,8 +440,6 @@ def cache_bundle(data: Any, crop: SeededCrop | None, eval_transform: Any, *, fol
     content has no fingerprint (a URI data root, an unknown dataset kind: nothing to key on) and
     an eval transform with steps other than Resize/CenterCrop/ToTensor/Normalize.
     """
-    from pipeline.data.fingerprint import bundle_fingerprint
-
     if isinstance(data.train, TensorDataset) and isinstance(data.test, TensorDataset):
         return data
     fp = bundle_fingerprint(data)

@@ -20,6 +20,9 @@ from typing import Callable, Iterable
 
 import numpy as np
 from PIL import Image
+from pipeline.data.class_orders import IMAGENET_R_LABEL_NAMES
+from pipeline.data.splits import IMAGENET_R_DOMAINS
+from pipeline.data.class_orders import DOMAINNET_LABEL_NAMES
 
 IMAGE_SIZE = 8
 
@@ -90,9 +93,6 @@ def write_imagenet_r(root: Path, readme: bool = True, classes: int | None = None
     domain-incremental order (so every domain has images); else the three-class fixture of the
     registry tests.
     """
-    from pipeline.data.class_orders import IMAGENET_R_LABEL_NAMES
-    from pipeline.data.splits import IMAGENET_R_DOMAINS
-
     base = root / "imagenet-r"
     if classes is None:
         names_by_wnid, sizes, renditions = IMAGENET_R_CLASSES, IMAGENET_R_SIZES, IMAGENET_R_RENDITIONS
@@ -132,8 +132,6 @@ def write_domainnet(root: Path, train_per_class: int = 2, test_per_class: int = 
     numbered in the lists in a seeded shuffle (a loader must not assume the lists' numbers follow
     the folders' string order); else the three-class fixture of the registry tests, numbered 0, 1, 2.
     """
-    from pipeline.data.class_orders import DOMAINNET_LABEL_NAMES
-
     base = root / "domainnet"
     if classes is None:
         class_names = DOMAINNET_CLASSES

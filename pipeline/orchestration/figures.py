@@ -11,7 +11,6 @@ a figure's abscissa goes to ``x``/``x_kind``; ``lam`` is the λ an evaluated vec
 from __future__ import annotations
 
 import math
-
 from typing import Any, Callable, Mapping, Sequence
 
 import ray
@@ -26,6 +25,8 @@ from pipeline.analysis_rows import (
     layer_magnitude_entries,
 )
 from pipeline.config import BenchmarkConfig, ScenarioConfig
+from pipeline.orchestration.evaluate import evaluate_many
+from pipeline.orchestration.train import eval_resources
 
 ANALYSES: dict[str, str] = {
     "pruning": "Figure 2: keep a share of a task vector's entries by highest/lowest/random magnitude",
@@ -45,9 +46,6 @@ Evaluate = Callable[[list[tuple[str, Any, float]]], list[tuple[float, list[float
 def evaluate_items(cfg: BenchmarkConfig, scenario: ScenarioConfig,
                    items: list[tuple[str, Any, float]]) -> list[tuple[float, list[float]]]:
     """Evaluate ``(kind, payload, lam)`` items on evaluation tasks, as many side by side as fit."""
-    from pipeline.orchestration.evaluate import evaluate_many
-    from pipeline.orchestration.train import eval_resources
-
     if not items:
         return []
     res = eval_resources(cfg)

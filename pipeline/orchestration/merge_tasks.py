@@ -20,6 +20,8 @@ import torch
 
 from pipeline import methods as method_table
 from pipeline.methods import MergeContext, Method
+from pipeline.storage import read_tensors
+from pipeline.task_vectors import task_vector
 
 TaskVector = dict[str, torch.Tensor]
 
@@ -27,9 +29,6 @@ TaskVector = dict[str, torch.Tensor]
 @ray.remote
 def task_vector_from(path: str, theta0: TaskVector) -> TaskVector:
     """τ = θ - θ0 of the checkpoint at ``path`` (a local path or a storage URI)."""
-    from pipeline.storage import read_tensors
-    from pipeline.task_vectors import task_vector
-
     return task_vector(read_tensors(path, theta0), theta0)
 
 

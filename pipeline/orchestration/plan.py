@@ -25,7 +25,8 @@ from pipeline import methods as method_table
 from pipeline.analysis import PRUNE_KEEP
 from pipeline.config import BenchmarkConfig, ScenarioConfig, scenario_methods
 from pipeline.data.records import RECORDS
-from pipeline.units import ChainUnit, data_determinant
+from pipeline.results import unit_done
+from pipeline.units import ChainUnit, data_determinant, task_epochs
 
 # Train/test sizes of the built-in datasets (their records: published sizes, ImageNet-R our
 # recorded 80/20 split), so a plan needs no data on the machine that prints it.
@@ -95,8 +96,6 @@ def train_images(cfg: BenchmarkConfig, scenario: ScenarioConfig, tasks: list[int
 
     Tasks of one dataset are taken as equal shares of it; a multi-dataset task is its dataset.
     """
-    from pipeline.scenario import task_epochs
-
     def passes(task: int) -> int:
         return epochs or task_epochs(cfg, scenario, None if joint else task)
 
@@ -208,8 +207,6 @@ RESULT_PARTS = ("final", "matrix", "sweep", "analysis")
 
 
 def scenario_done(run_dir: str, scenario: ScenarioConfig) -> bool:
-    from pipeline.results import unit_done
-
     out = scenario_dir(run_dir, scenario)
     # a recorded failure keeps the scenario open: a rerun retries the failed units
     return all(unit_done(join(out, f"{p}.parquet")) for p in RESULT_PARTS) and \

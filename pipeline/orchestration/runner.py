@@ -24,6 +24,11 @@ import yaml
 from pipeline import methods as method_table
 from pipeline import storage
 from pipeline.config import (BenchmarkConfig, ConfigError, ScenarioConfig, config_yaml, from_dict, redact, to_dict)
+from pipeline.data import DatasetNotFoundError, fingerprint, load_dataset, registry
+from pipeline.data.demo_world import write_image_folder
+from pipeline.data.synthetic import TINY_WRITERS, write_tiny_datasets
+from pipeline.metrics import paired_difference
+from pipeline.orchestration.lease import Leases
 from pipeline.orchestration.plan import (
     num_tasks,
     scenario_units,
@@ -33,7 +38,9 @@ from pipeline.orchestration.plan import (
     scenario_done,
     verify_cached,
 )
+from pipeline.orchestration.progress.monitor import Monitor
 from pipeline.orchestration.scenario_results import run_scenario, short_error, summarize
+from pipeline.orchestration.train import driving_options, fit_unit_task, unit_finished, use_gpu
 from pipeline.results import read_run
 from pipeline.units import ChainUnit
 
@@ -82,15 +89,11 @@ def state_api_available() -> bool:
 
 def prepare_data(cfg: BenchmarkConfig, log: Log = print) -> None:
     if cfg.demo_data and any(s.dataset == "demo_shapes" for s in cfg.scenarios):
-        from pipeline.data.demo_world import write_image_folder
-
         target = Path(cfg.data_root) / "demo_shapes"
         if not (target / "test").is_dir():
             log(f"writing the demo world to {target}")
         write_image_folder(target, seed=0)
     if cfg.profile == "tiny" and "://" not in cfg.data_root:
-        from pipeline.data.synthetic import TINY_WRITERS, write_tiny_datasets
-
         wanted = {d for s in cfg.scenarios for d in s.members if d in TINY_WRITERS}
         written = write_tiny_datasets(cfg.data_root, wanted)
         if written:
@@ -109,8 +112,6 @@ def check_datasets(cfg: BenchmarkConfig) -> None:
     dataset's content fingerprint (file list with sizes, or array digests) is taken from the same
     load, for the checkpoint keys and the run's identity. A ``data_root`` URI is left to the workers.
     """
-    from pipeline.data import DatasetNotFoundError, fingerprint, load_dataset, registry
-
     if "://" in cfg.data_root:
         return
     twice = sorted(registry.carried_loaders([d.name for d in cfg.datasets]))
@@ -141,8 +142,6 @@ DATA_RECORD = "data.json"
 
 def _data_fingerprints(cfg: BenchmarkConfig) -> dict[str, str | None]:
     """Each dataset's fingerprint (pipeline.data.fingerprint; None: not here)."""
-    from pipeline.data import fingerprint
-
     names = dict.fromkeys(n for s in cfg.scenarios for n in s.members)
     return {n: fingerprint.dataset_fingerprint(n, cfg.data_root, cfg.datasets) for n in names}
 
@@ -254,8 +253,6 @@ def run_seeds(cfg: BenchmarkConfig, log: Log = print) -> dict[str, Any]:
 def seed_summary(per_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
     """Mean and sample std over seeds of every numeric headline, and each method's paired
     difference from MagMax over seeds with its two-sided paired t-test p-value."""
-    from pipeline.metrics import paired_difference
-
     seeds = sorted(per_seed)
     keys = [k for k, v in per_seed[seeds[0]].items() if isinstance(v, (int, float)) and not isinstance(v, bool)
             and k not in ("wall_seconds", "fine_tuned_tasks")]
@@ -323,8 +320,6 @@ def _capacity(cfg: BenchmarkConfig) -> int:
     """How many Train runs to keep in flight: more would only start controllers that wait."""
     if cfg.ray.max_concurrent_units:
         return cfg.ray.max_concurrent_units
-    from pipeline.orchestration.train import use_gpu
-
     res = ray.cluster_resources()
     workers = max(1, cfg.ray.num_workers)
     slots = res.get("CPU", 1) // (cfg.ray.cpus_per_worker * workers)
@@ -339,9 +334,6 @@ def fit_units(cfg: BenchmarkConfig, plan: Plan, log: Log = print) -> dict[int, l
     Each unit is fine-tuned under a lease (``pipeline.orchestration.lease``), so two drivers on
     one storage split the units between them instead of both training all of them.
     """
-    from pipeline.orchestration.lease import Leases
-    from pipeline.orchestration.train import driving_options, fit_unit_task, unit_finished
-
     outcomes: dict[int, list[str] | Exception] = {}
     for i, u in enumerate(plan.units):
         if u.done:
@@ -357,7 +349,6 @@ def fit_units(cfg: BenchmarkConfig, plan: Plan, log: Log = print) -> dict[int, l
     leases = Leases(ttl_s=LEASE_TTL_S)
     told: set[int] = set()
     # progress (issue 13): live lines or timestamped log lines, and <run>/progress.json
-    from pipeline.orchestration.progress.monitor import Monitor
     progress = Monitor(cfg, plan, log).start()
     log = progress.wrap(log)
     try:

@@ -31,9 +31,16 @@ from pipeline import analysis, merging, metrics, storage
 from pipeline import methods as method_table
 from pipeline.config import BenchmarkConfig, ScenarioConfig, config_hash, scenario_methods
 from pipeline.methods import MergeContext
+from pipeline.orchestration.evaluate import evaluate_many, put_eval_data
+from pipeline.orchestration.figures import evaluate_items, figure_rows
+from pipeline.orchestration.magmax_actor import MagMaxActor
 from pipeline.orchestration.merge_tasks import fold_running, merge_task, post_process_task, task_vector_from
 from pipeline.orchestration.plan import FAILURES_FILE, scenario_dir
+from pipeline.orchestration.sweep import run_sweep
+from pipeline.orchestration.train import eval_resources
 from pipeline.results import code_version, make_rows, write_unit
+from pipeline.scenario_meta import scenario_meta
+from pipeline.storage import read_tensors
 from pipeline.task_vectors import task_vector
 
 Log = Callable[[str], None]
@@ -59,9 +66,6 @@ def run_scenario(cfg: BenchmarkConfig, scenario: ScenarioConfig, run_dir: str,
     Methods whose fine-tuning failed are left out and the failure is written to the scenario's
     ``failures.json`` (removed again once a rerun succeeds). Returns the failures.
     """
-    from pipeline.orchestration.evaluate import put_eval_data
-    from pipeline.scenario_meta import scenario_meta
-
     names = scenario_methods(cfg, scenario)
     failed = {mode: err for mode, err in unit_paths.items() if isinstance(err, Exception)}
     failures = [{"scenario": scenario.label, "mode": mode, "methods": sorted(method_table.methods_of_mode(mode, names)),
@@ -140,8 +144,6 @@ def _fold_running(cfg: BenchmarkConfig, scenario: ScenarioConfig, run_dir: str, 
     """Each running merge folded task by task: its value after task t. MagMax folds in one
     restartable actor per method that persists its state; each continual merge folds in one Ray
     task (``fold_running``) that returns a ref per prefix."""
-    from pipeline.orchestration.magmax_actor import MagMaxActor
-
     chosen = [method_table.get(n) for n in wanted]
     chosen = [m for m in chosen if m.kind == "running" and m.finetuning in inputs.tvs]
     actors = {}
@@ -221,8 +223,6 @@ def _matrix_items(methods: Sequence[str], inputs: Inputs, running: dict[str, lis
 
 def eval_workers(cfg: BenchmarkConfig) -> int:
     """How many evaluation tasks the cluster runs side by side."""
-    from pipeline.orchestration.train import eval_resources
-
     res = eval_resources(cfg)
     cluster = ray.cluster_resources()
     workers = int(cluster.get("CPU", 1) // max(res["CPU"], 0.25))
@@ -234,9 +234,6 @@ def eval_workers(cfg: BenchmarkConfig) -> int:
 def _evaluate(cfg: BenchmarkConfig, scenario: ScenarioConfig, items: list[Item], workers: int,
               data: ray.ObjectRef, log: Log) -> dict[tuple[str, str, int], tuple[float, list[float], float]]:
     """``data``: ``put_eval_data``'s test images and model, shipped once, not rebuilt per worker."""
-    from pipeline.orchestration.evaluate import evaluate_many
-    from pipeline.orchestration.train import eval_resources
-
     t0 = time.time()
     res = eval_resources(cfg)
     chunks = [items[i::workers] for i in range(min(workers, len(items)))]
@@ -278,10 +275,6 @@ def _trials(cfg: BenchmarkConfig, methods: Sequence[str], merged: dict[str, Any]
 
 def _sweep(cfg: BenchmarkConfig, scenario: ScenarioConfig, merged: dict[str, Any], trials: list[dict[str, Any]],
            workers: int, data: ray.ObjectRef, log: Log) -> list[dict[str, Any]]:
-    from pipeline.orchestration.evaluate import evaluate_many
-    from pipeline.orchestration.sweep import run_sweep
-    from pipeline.orchestration.train import eval_resources
-
     t0 = time.time()  # (data: as in _evaluate, so that no trial decodes the dataset again)
     if cfg.ray.tune_sweep:
         # named by config and trial grid: a rerun reads the records of this grid's finished trials;
@@ -335,9 +328,6 @@ def _analysis_rows(cfg: BenchmarkConfig, scenario: ScenarioConfig, inputs: Input
         rows.append({"method": method, "finetuning": ft, "role": "analysis", "metric": "average_forgetting",
                      "value": float(np.nanmean(metrics.forgetting(mat))) if T > 1 else 0.0})
     if scenario.analyses:
-        from pipeline.orchestration.figures import evaluate_items, figure_rows
-        from pipeline.storage import read_tensors
-
         joint_tv = (task_vector(read_tensors(inputs.paths["joint"][0], inputs.theta0), inputs.theta0)
                     if "joint" in inputs.paths else None)
         rows += figure_rows(cfg, scenario, inputs.tvs, joint_tv, lambda items: evaluate_items(cfg, scenario, items))

@@ -56,8 +56,8 @@ def _train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
     import ray.train
     import ray.train.torch
 
+    from pipeline.chain import run_chain  # (on use, as above: the worker's side only)
     from pipeline.scenario import build_scenario
-    from pipeline.chain import run_chain
 
     cfg: BenchmarkConfig = config["cfg"]
     unit: ChainUnit = config["unit"]

@@ -25,6 +25,7 @@ from pipeline.data.prepare import manifest as mf
 from pipeline.data.prepare.layouts import ASSEMBLERS, FOLDERS, OFFICIAL
 from pipeline.data.prepare.sources import PrepareError, Sources
 from pipeline.data.published_counts import PUBLISHED, Counts
+from pipeline.data.synthetic import TINY_WRITERS
 
 __all__ = ["Check", "FOLDERS", "PrepareError", "STATUS_TEXT", "format_checks", "format_readiness",
            "needed_datasets", "prepare", "readiness", "verify"]
@@ -120,8 +121,6 @@ def readiness(cfg: Any, expected: Expected | None = None) -> dict[str, str]:
     """Dataset -> one-word status for each dataset ``cfg`` reads: ready / missing / wrong_counts /
     unprepared, or generated (profile=tiny, the demo world: written at run time), unmanaged (a
     dataset prepare_data does not know: the run's own data check applies), remote (data_root URI)."""
-    from pipeline.data.synthetic import TINY_WRITERS
-
     declared = {d.name for d in getattr(cfg, "datasets", ())}
     out = {}
     for name in needed_datasets(cfg):

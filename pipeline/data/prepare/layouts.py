@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.data.prepare.sources import PrepareError, Sources, extract
+from pipeline.data.loaders.domainnet import DOMAINNET_ALL_DOMAINS
 
 # dataset -> its folder directly under data_root (the loaders' `root / ...`)
 FOLDERS: dict[str, str] = {
@@ -69,8 +70,6 @@ def _files(names: dict[str, str], what: str) -> Callable[[Sources, Path], None]:
 
 
 def _domainnet(src: Sources, out: Path) -> None:
-    from pipeline.data.loaders.domainnet import DOMAINNET_ALL_DOMAINS
-
     for domain in DOMAINNET_ALL_DOMAINS:
         for split in ("train", "test"):
             name = f"{domain}_{split}.txt"

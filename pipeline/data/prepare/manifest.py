@@ -19,6 +19,9 @@ from typing import Any
 import numpy as np
 
 from pipeline.data.prepare.sources import PrepareError, files_under
+from pipeline.data.bundle import ArrayImageDataset
+from pipeline.data.registry import load_dataset
+from pipeline.data.scan import is_image
 
 MANIFEST = "prepare_manifest.json"
 FORMAT = 1
@@ -40,10 +43,6 @@ def build(name: str, root: Path, folder: str, sources: Sequence[Path]) -> dict[s
     The loader's errors (DatasetNotFoundError: path, expected layout) propagate; every file the
     loader indexes is checked to exist (DomainNet's lists name files the loader never stats).
     """
-    from pipeline.data.bundle import ArrayImageDataset
-    from pipeline.data.registry import load_dataset
-    from pipeline.data.scan import is_image
-
     bundle = load_dataset(name, root)
     base = root / folder
     image_count = 0
