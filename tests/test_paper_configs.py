@@ -231,7 +231,7 @@ def test_tiny_paper_run_renders_every_table(tmp_path, ray_session, monkeypatch):
     plus = tmp_path / "storage" / "table1_plus"
     summary = json.loads((plus / "summary.json").read_text())
     assert summary["fine_tuned_tasks"] == 0 and summary["failures"] == [], summary
-    assert make_report.main([str(plus), "--out", str(tmp_path / "plus"), "--backbone", "tiny_clip"]) == 0
+    assert make_report.main([str(plus), "--out", str(tmp_path / "plus")]) == 0
     beyond = (tmp_path / "plus" / "beyond.md").read_text()
     for name in ("Breadcrumbs", "DARE", "TSV-M", "Iso-C", "Iso-CTS", "WUDI", "OPCM", "DOP", "MagMax"):
         assert name in beyond, name

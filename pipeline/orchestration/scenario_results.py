@@ -318,7 +318,7 @@ def _analysis_rows(cfg: BenchmarkConfig, scenario: ScenarioConfig, inputs: Input
                          "metric": "sign_conflicts", "x": float(cfg.merge.sign_conflict_top_k), "x_kind": "top_k",
                          "value": analysis.sign_conflicts(inputs.tvs[mode], top_k=cfg.merge.sign_conflict_top_k,
                                                           **ctx.trim)})
-    for method in {r["method"] for r in matrix_rows}:
+    for method in dict.fromkeys(r["method"] for r in matrix_rows):  # (first-seen order: a set's varies by process)
         mat = _matrix(matrix_rows, method, T)
         if method == "zero_shot" or np.isnan(mat[np.tril_indices(T)]).any():
             continue  # forgetting needs a row after every task (not joint or zero-shot)
