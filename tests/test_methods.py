@@ -130,6 +130,8 @@ def test_a_registered_merge_and_the_newer_merges_run_end_to_end_over_two_seeds(t
     assert set(summary["vs_magmax"]) >= {"toy_half", "tsv", "opcm"}
     table = (run_dir / "report" / "table.md").read_text()
     assert "Toy half" in table and "TSV-M" in table and "OPCM" in table and "±" in table
+    seeds = (run_dir / "report" / "seeds.md").read_text()  # each variant's paired test against MagMax
+    assert "| Toy half |" in seeds and "| OPCM |" in seeds and "(p " in seeds
 
 
 @pytest.mark.parametrize("plus, paper", [("table1_plus", "table1"), ("table2_plus", "table2")])

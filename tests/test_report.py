@@ -674,3 +674,26 @@ def test_report_tables_do_not_import_matplotlib():
 def test_runner_does_not_import_matplotlib():
     # The driver builds the figure analyses' rows mid-run (pipeline.analysis_rows), not the report.
     _no_matplotlib_after("pipeline.orchestration.runner", "pipeline.orchestration.figures")
+
+
+def test_seed_tests_pair_each_variant_with_magmax_by_hand(tmp_path):
+    from pipeline.report.tables import seed_tests
+
+    common = {"run": "r", "backbone": "b", "scenario": "s/2", "dataset": "s", "role": "final",
+              "metric": "accuracy", "after_task": 1, "config_hash": "h", "code_version": "v"}
+    # differences from MagMax 1, 2, 3 over seeds: mean 2, sd 1, t = 2 * sqrt(3), 2 dof: p = 0.0742
+    values = {("magmax", "seq"): [40.0, 41.0, 42.0], ("ties", "ind"): [41.0, 43.0, 45.0],
+              ("tsv", "ind"): [40.0, 41.0, 42.0], ("tsv", "seq"): [39.0, 40.0, 41.0]}
+    rows = make_rows(common, [{"method": m, "finetuning": ft, "seed": s, "value": v}
+                              for (m, ft), vs in values.items() for s, v in zip((5, 6, 7), vs)])
+    df = pd.DataFrame(rows, columns=list(COLUMNS))
+    table = seed_tests(df)
+    assert table.index.name == "vs MagMax" and list(table.columns) == ["s/2"]
+    assert table.loc["TIES", "s/2"] == "+2.00 (p 0.074)"
+    assert table.loc["TSV-M (seq)", "s/2"] == "-1.00 (p –)"  # a constant difference has no test
+    assert table.loc["TSV-M (ind)", "s/2"] == "+0.00 (p –)"
+    paths = report.write_report(df, tmp_path / "rep")
+    assert "Paired difference from MagMax over seeds" in paths["index"].read_text()
+    assert "| TIES | +2.00 (p 0.074) |" in paths["seeds_md"].read_text()
+    one_seed = df[df["seed"] == 5]
+    assert seed_tests(one_seed).empty and "seeds_md" not in report.write_report(one_seed, tmp_path / "one")

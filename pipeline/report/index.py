@@ -33,7 +33,7 @@ from pipeline.report.html import BEYOND_TITLE, report_html, run_config_text
 from pipeline.report.render import paper_latex, paper_markdown, to_latex, to_markdown
 from pipeline.report.rows import has_rows, matrix_rows, sweep_curves
 from pipeline.report.tables import (PaperTable, analysis_table, available_tables, beyond_table, final_table,
-                                    paper_table)
+                                    paper_table, seed_tests)
 
 
 @dataclass(frozen=True)
@@ -112,6 +112,11 @@ def write_report(run_dir_or_df: str | os.PathLike[str] | pd.DataFrame, out_dir: 
         paths["table_tex"] = out / "table.tex"
         paths["table_tex"].write_text(to_latex(table))
 
+    tests = seed_tests(df)
+    if not tests.empty:
+        paths["seeds_md"] = out / "seeds.md"
+        paths["seeds_md"].write_text(f"### {SEEDS_TITLE}\n\n" + _text_table(tests) + "\n")
+
     rendered: dict[str, str] = {}
     paper_tables: dict[str, PaperTable] = {}
     beyond = beyond_table(df)
@@ -163,8 +168,20 @@ def _links(paths: Mapping[str, Path], keys: Iterable[str], out: Path) -> str:
     return ", ".join(f"[{paths[k].name}]({paths[k].relative_to(out).as_posix()})" for k in keys if k in paths)
 
 
+def _text_table(table: pd.DataFrame) -> str:
+    """A frame of ready-made text cells as a Markdown table (first column: the index)."""
+    head = [str(table.index.name or ""), *map(str, table.columns)]
+    lines = ["| " + " | ".join(head) + " |", "|:--|" + "--:|" * len(table.columns)]
+    lines += ["| " + " | ".join([str(i), *map(str, row)]) + " |" for i, row in zip(table.index, table.to_numpy())]
+    return "\n".join(lines)
+
+
 def _plain_markdown(table: pd.DataFrame) -> str:
     return to_markdown(table, bold_best=False)
+
+
+SEEDS_TITLE = ("Paired difference from MagMax over seeds (points; two-sided paired t-test p-value; "
+               "p < 0.05: the difference holds across seeds)")
 
 
 # The analysis metrics printed as plain tables at the end of the index, with their headings.
@@ -189,6 +206,8 @@ def _index_markdown(df: pd.DataFrame, markdown: str, rendered: Mapping[str, str]
               "", markdown.rstrip("\n"), ""]
     if "table_md" in paths:
         lines += ["Files: " + _links(paths, ("table_md", "table_tex"), out), ""]
+    if "seeds_md" in paths:
+        lines += [f"## {SEEDS_TITLE}", "", paths["seeds_md"].read_text().split("\n", 2)[2].rstrip("\n"), ""]
     for name, md in rendered.items():
         # The table's own "###" caption heading follows; one level up for the index entry.
         title = (BEYOND_TITLE if name == "beyond" else paper.LAYOUTS[name].caption.split(':')[0])

@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline import methods, paper
+from pipeline.metrics import paired_difference
 from pipeline.report.names import display_name, method_rank, paper_lambdas
 from pipeline.report.rows import last_task_only, nan_key, natural_key, scenario_keys, with_column_label
 
@@ -71,6 +72,48 @@ def final_table(df: pd.DataFrame, scenarios: Sequence[str] | None = None) -> pd.
             (labels[k], c): float(std.at[k, c])
             for k in keys for c in table.columns if count.at[k, c] > 1
         }
+    return table
+
+
+def seed_tests(df: pd.DataFrame, reference: tuple[str, str] = ("magmax", "seq")) -> pd.DataFrame:
+    """Each method variant's paired difference from MagMax over seeds, per scenario: cells
+    ``"-0.46 (p 0.21)"`` (the mean over seeds of variant minus MagMax, and the two-sided paired
+    t-test's p-value over the seeds both ran). Empty with fewer than two seeds or no MagMax rows.
+    Rows as in ``final_table``."""
+    d = df[(df["role"] == "final") & (df["metric"] == "accuracy") & (df["eval_task"] == -1)]
+    if d.empty or d["seed"].nunique() < 2:
+        return pd.DataFrame(dtype=object)
+    d = with_column_label(d).assign(_lam=lambda x: nan_key(x["lam"]))
+    variant = ["method", "finetuning", "_lam"]
+    d = last_task_only(d, ["_col", *variant, "seed"])
+    per_seed = d.groupby([*variant, "_col", "seed"])["value"].mean()
+    refs = [k for k in per_seed.index.droplevel(["_col", "seed"]).unique() if tuple(k[:2]) == reference]
+    if not refs:
+        return pd.DataFrame(dtype=object)
+    ref = refs[0]
+    cols = sorted(d["_col"].unique(), key=natural_key)
+    keys = sorted((k for k in per_seed.index.droplevel(["_col", "seed"]).unique() if k != ref),
+                  key=lambda k: (method_rank(k[0]), k[1], k[2]))
+    labels = _variant_labels([ref, *keys])
+    cells: dict[str, dict[str, str]] = {}
+    for k in keys:
+        row = {}
+        for c in cols:
+            try:
+                mine, base = per_seed.loc[(*k, c)], per_seed.loc[(*ref, c)]
+            except KeyError:
+                row[c] = "–"
+                continue
+            seeds = sorted(set(mine.index) & set(base.index))
+            if len(seeds) < 2:
+                row[c] = "–"
+                continue
+            diff, p = paired_difference([mine[s] for s in seeds], [base[s] for s in seeds])
+            row[c] = f"{diff:+.2f}" + (f" (p {p:.2g})" if p is not None else " (p –)")
+        cells[labels[k]] = row
+    table = pd.DataFrame.from_dict(cells, orient="index")[cols]
+    table.index.name = f"vs {labels[ref]}"
+    table.columns = pd.Index(cols, name="scenario")
     return table
 
 
