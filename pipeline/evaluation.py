@@ -85,8 +85,9 @@ class Evaluator:
         self.model, self.theta0, self.head = scn.classifier(), scn.theta0, scn.head
         self.task_classes, self.multi_dataset, self.batch_size = (scn.task_classes, scn.multi_dataset,
                                                                   scn.cfg.eval_batch_size)
-        self.loader = scn.test_loader(scn.cfg.eval_batch_size, 0 if scn.in_memory else scn.cfg.finetune.loader_workers)
-        if scn.in_memory:  # decoded once, then every evaluation is forward passes only
+        held = scn.test_in_memory  # (the train split may stay on disk: an evaluator reads only the test one)
+        self.loader = scn.test_loader(scn.cfg.eval_batch_size, 0 if held else scn.cfg.finetune.loader_workers)
+        if held:  # decoded once, then every evaluation is forward passes only
             xs, ys = zip(*self.loader)
             self.images, self.labels = torch.cat(xs), torch.cat([torch.as_tensor(y) for y in ys])
         self.groups = scn.test_eval_groups()

@@ -155,6 +155,12 @@ class GlobalBatches:
                 yield Part(None, None, size)
 
 
+def _held(d: Dataset) -> bool:
+    if isinstance(d, ConcatDataset):
+        return all(_held(p) for p in d.datasets)
+    return isinstance(d, TensorDataset)
+
+
 @dataclass
 class Scenario:
     cfg: BenchmarkConfig
@@ -178,11 +184,12 @@ class Scenario:
     @property
     def in_memory(self) -> bool:
         """Whether the images are decoded tensors (else they are read from disk on every pass)."""
-        def held(d: Dataset) -> bool:
-            if isinstance(d, ConcatDataset):
-                return all(held(p) for p in d.datasets)
-            return isinstance(d, TensorDataset)
-        return held(self.data.train) and held(self.data.test)
+        return _held(self.data.train) and _held(self.data.test)
+
+    @property
+    def test_in_memory(self) -> bool:
+        """Whether the test images are decoded tensors (what an evaluator reads), whatever the train set's."""
+        return _held(self.data.test)
 
     @property
     def multi_dataset(self) -> bool:

@@ -87,9 +87,13 @@ def test_a_diverging_unit_fails_alone_and_is_recorded(tmp_path, demo_data_root, 
     from jobs import run_benchmark
 
     monkeypatch.chdir(run_benchmark.ROOT)
-    # λ = 1e300 overflows float32 in EWC's penalty: task 2 of the EWC chain meets a NaN loss
+    # λ = 1e300 overflows float32 in EWC's penalty: task 2 of the EWC chain meets a NaN loss. What
+    # is tested is the driver's bookkeeping of a failed unit, so the units run Train's loop in their
+    # driving task (num_workers=0) and the λ trials as plain tasks: the same code reads the loop's
+    # return value as behind a worker group (test_run_benchmark_end_to_end_and_resume's)
     argv = _argv(tmp_path, demo_data_root, name="nan") + ["finetune.ewc_lambda=1e300",
-                                                        "methods=[zero_shot,seq_ft,magmax,ewc]"]
+                                                        "methods=[zero_shot,seq_ft,magmax,ewc]",
+                                                        "ray.num_workers=0", "ray.tune_sweep=false"]
     assert run_benchmark.main(argv) == 1
     run_dir = tmp_path / "storage" / "nan"
     failures = json.loads((run_dir / "results" / "demo_shapes_2" / "failures.json").read_text())

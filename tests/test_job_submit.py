@@ -1,8 +1,10 @@
 """The cluster workflow on this machine: `ray start --head`, `ray job submit` the demo, `ray stop`.
 
 The job is the demo's entry point and config, cut to 2 tasks of 1 epoch on the suite's small demo
-world with a 2-point λ grid: the workflow (submission, the job's own driver joining the head,
-every method, the report) is the same as the full demo's, in a fraction of its time.
+world, the methods of two fine-tuning units (sequential and independent) and a 2-point λ grid: the
+workflow (submission, the job's own driver joining the head, Train units, the MagMax actor, the λ
+sweep on Tune, the report) is the full demo's, in a fraction of its time. Every method's rows
+through the real entry point are tests/test_end_to_end.py's.
 
 `ray stop` ends every Ray process on the machine, so this test runs last (conftest orders
 ``ray_cli`` tests after all others) and first shuts the suite's own Ray session down.
@@ -19,12 +21,12 @@ from pathlib import Path
 import pytest
 
 from pipeline.results import KEY_COLUMNS, read_run
-from conftest import PAPER_METHODS
 from ports import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray_cli]
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
+METHODS = ("zero_shot", "seq_ft", "randmix", "maxabs", "avg", "ties", "magmax")  # two units: seq and ind
 
 
 def _ray(*args: str, env: dict, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -55,7 +57,7 @@ def test_ray_start_job_submit_the_demo_ray_stop(tmp_path, demo_data_root):
         submit = _ray("job", "submit", "--address", f"http://127.0.0.1:{dash}", "--working-dir", str(ROOT), "--",
                       "python", "jobs/run_benchmark.py", f"storage={storage}", f"data_root={demo_data_root}",
                       "demo_data=false", "scenarios.0.tasks=2", "finetune.epochs=1", "finetune.batch_size=32",
-                      "merge.sweep_lambdas=[0.5,1.0]", PAPER_METHODS, env=env, timeout=1800)
+                      "merge.sweep_lambdas=[0.5,1.0]", f"methods=[{','.join(METHODS)}]", env=env, timeout=1800)
         log = submit.stdout + submit.stderr
         assert submit.returncode == 0, log[-5000:]
         assert "succeeded" in log, log[-3000:]
@@ -73,7 +75,7 @@ def test_ray_start_job_submit_the_demo_ray_stop(tmp_path, demo_data_root):
     parts = sorted(p.stem for p in (run / "results" / "demo_shapes_2").glob("*.parquet"))
     assert parts == ["analysis", "final", "matrix", "sweep"]
     final = set(df[df.role == "final"].method)
-    assert final == {"zero_shot", "joint", "seq_ft", "lwf", "ewc", "randmix", "maxabs", "avg", "ties", "magmax"}
+    assert final == set(METHODS)
     sweep = df[df.role == "sweep"]
     assert len(sweep) == 5 * 2  # the λ grid for every method that has λ
     matrix = df[(df.role == "matrix") & (df.eval_task >= 0)]

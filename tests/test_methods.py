@@ -106,7 +106,10 @@ def test_a_registered_merge_and_the_newer_merges_run_end_to_end_over_two_seeds(t
             f"data_root={demo_data_root}", "demo_data=false", "scenarios.0.tasks=2", "finetune.epochs=1",
             "finetune.batch_size=32", "max_eval_per_class=10", "seeds=[5,6]",
             "methods=[zero_shot,magmax,toy_half,tsv_seq,opcm_seq]",
-            "merge.sweep_methods=[toy_half]", "merge.sweep_lambdas=[0.4,0.8]"]
+            "merge.sweep_methods=[toy_half]", "merge.sweep_lambdas=[0.4,0.8]",
+            # the method table's reach is tested, not Train's worker group: the loop runs in its
+            # driving task (the λ sweep still runs on Tune)
+            "ray.num_workers=0"]
     assert run_benchmark.main(argv) == 0
     run_dir = tmp_path / "storage" / "toy"
     assert (run_dir / "seed-5" / "summary.json").is_file() and (run_dir / "seed-6" / "summary.json").is_file()

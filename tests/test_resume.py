@@ -118,27 +118,39 @@ def _four_task_vectors() -> list[dict[str, torch.Tensor]]:
 
 
 def test_the_magmax_state_survives_a_restart_and_folds_a_retry_once(tmp_path):
-    # the actor's logic without Ray: a "restart" is a new MagMaxState on the same state folder
+    # the actor's logic without Ray: a "restart" is a new MagMaxState on the same root folder
     from pipeline.orchestration.magmax_actor import MagMaxState
 
     tvs = _four_task_vectors()
-    state = MagMaxState(str(tmp_path / "actor"))
-    assert state.add("t0", tvs[0]) == 1
-    assert state.add("t1", tvs[1]) == 2
-    state = MagMaxState(str(tmp_path / "actor"))  # restarted: __init__ reloads the persisted state
-    assert state.folded_tags() == ["t0", "t1"]
-    assert state.add("t1", tvs[1]) == 2  # a retried fold is not folded twice
-    assert state.add("t2", tvs[2]) == 3
-    state = MagMaxState(str(tmp_path / "actor"))
-    assert state.add("t3", tvs[3]) == 4
-    assert state.folded_tags() == ["t0", "t1", "t2", "t3"]
-    got, want = state.value(), magmax(tvs)
+    root = str(tmp_path / "actors")
+    state = MagMaxState(root)
+    assert state.add("s-seq", "t0", tvs[0]) == 1
+    assert state.add("s-seq", "t1", tvs[1]) == 2
+    state = MagMaxState(root)  # restarted: the key's persisted state is reloaded on its next call
+    assert state.folded_tags("s-seq") == ["t0", "t1"]
+    assert state.add("s-seq", "t1", tvs[1]) == 2  # a retried fold is not folded twice
+    assert state.add("s-seq", "t2", tvs[2]) == 3
+    # another key in between (the next mode or scenario) neither sees nor changes this one
+    assert state.add("s-lwf", "t0", tvs[3]) == 1
+    assert state.folded_tags("s-lwf") == ["t0"]
+    state = MagMaxState(root)
+    assert state.add("s-seq", "t3", tvs[3]) == 4
+    assert state.folded_tags("s-seq") == ["t0", "t1", "t2", "t3"]
+    got, want = state.value("s-seq"), magmax(tvs)
     assert set(got) == set(want)
     for key in want:
         assert torch.equal(got[key], want[key]), key
     got["w"].zero_()  # value() hands out copies: the running state is not the caller's to change
-    assert torch.equal(state.value()["w"], want["w"])
-    assert MagMaxState(str(tmp_path / "fresh")).folded_tags() == []
+    assert torch.equal(state.value("s-seq")["w"], want["w"])
+    lone = state.value("s-lwf")
+    for key in want:
+        assert torch.equal(lone[key], tvs[3][key]), key
+    # a scenario run again starts its key from nothing, on storage too
+    state.reset("s-seq")
+    assert state.folded_tags("s-seq") == [] and MagMaxState(root).folded_tags("s-seq") == []
+    assert MagMaxState(str(tmp_path / "fresh")).folded_tags("s-seq") == []
+    state.release()
+    assert state.key is None
 
 
 @pytest.mark.slow
@@ -149,16 +161,16 @@ def test_killing_the_magmax_actor_mid_sequence_keeps_the_merged_vector(ray_sessi
     from pipeline.orchestration.runner import state_api_available
 
     tvs = _four_task_vectors()
-    actor = MagMaxActor.remote(str(tmp_path / "actor"))
-    assert ray.get(actor.add.remote("t0", tvs[0])) == 1
-    assert ray.get(actor.add.remote("t1", tvs[1])) == 2
-    ray.kill(actor, no_restart=False)  # Ray restarts it; __init__ reloads the persisted state
-    assert ray.get(actor.add.remote("t1", tvs[1])) == 2  # a retried fold is not folded twice
-    assert ray.get(actor.add.remote("t2", tvs[2])) == 3
+    actor = MagMaxActor.remote(str(tmp_path / "actors"))
+    assert ray.get(actor.add.remote("s-seq", "t0", tvs[0])) == 1
+    assert ray.get(actor.add.remote("s-seq", "t1", tvs[1])) == 2
+    ray.kill(actor, no_restart=False)  # Ray restarts it; the key's persisted state is reloaded
+    assert ray.get(actor.add.remote("s-seq", "t1", tvs[1])) == 2  # a retried fold is not folded twice
+    assert ray.get(actor.add.remote("s-seq", "t2", tvs[2])) == 3
     ray.kill(actor, no_restart=False)
-    assert ray.get(actor.add.remote("t3", tvs[3])) == 4
-    assert ray.get(actor.folded_tags.remote()) == ["t0", "t1", "t2", "t3"]
-    got = ray.get(actor.value.remote())
+    assert ray.get(actor.add.remote("s-seq", "t3", tvs[3])) == 4
+    assert ray.get(actor.folded_tags.remote("s-seq")) == ["t0", "t1", "t2", "t3"]
+    got = ray.get(actor.value.remote("s-seq"))
     want = magmax(tvs)
     for key in want:
         assert torch.equal(got[key], want[key]), key

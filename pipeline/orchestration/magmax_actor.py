@@ -1,10 +1,12 @@
-"""The MagMax actor: the running maximum-magnitude vector of one (scenario, fine-tuning mode).
+"""The MagMax actor: the running maximum-magnitude vectors of one run, one per (scenario, mode).
 
-It receives each new task vector as an ObjectRef, folds it into ``RunningMagMax`` in its own
-memory (constant in the number of tasks), persists the state to ``state_dir`` (a local folder
-or a storage URI) after every fold, and reloads it when Ray restarts the actor
-(``max_restarts``): a killed actor loses nothing, and a fold retried after a restart is skipped
-by its tag, so the merged vector is the same as without the fault.
+One actor serves a whole run (a process start imports torch: seconds of CPU and ~0.7 GB per
+process, paid once instead of once per scenario and mode). Each sequence of folds has a key
+(``<scenario>-<mode>``); the actor keeps only the key it is folding in memory (constant in the
+number of tasks and of scenarios), persists that state under ``<root>/<key>/`` (a local folder or a
+storage URI) after every fold, and reloads it when Ray restarts the actor (``max_restarts``) or when
+the driver comes back to the key: a killed actor loses nothing, and a fold retried after a restart
+is skipped by its tag, so the merged vector is the same as without the fault.
 """
 
 from __future__ import annotations
@@ -13,35 +15,61 @@ import ray
 import torch
 
 from pipeline.merging import RunningMagMax
-from pipeline.storage import exists, join, read_metadata, read_tensors, write_tensors
+from pipeline.storage import delete, exists, join, read_metadata, read_tensors, write_tensors
+
+STATE_FILE = "running_magmax.safetensors"
 
 
 class MagMaxState:
     """The actor's logic as a plain class: tested without Ray, wrapped as ``MagMaxActor`` below."""
 
-    def __init__(self, state_dir: str) -> None:
-        self.state_file = join(state_dir, "running_magmax.safetensors")
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self.key: str | None = None
         self.running = RunningMagMax()
         self.folded: list[str] = []
-        if exists(self.state_file):
-            self.folded = [t for t in read_metadata(self.state_file).get("folded", "").split(",") if t]
-            if self.folded:
-                self.running = RunningMagMax.from_value(read_tensors(self.state_file), len(self.folded))
 
-    def add(self, tag: str, tv: dict[str, torch.Tensor]) -> int:
-        """Fold ``tv`` (named ``tag``) in; a tag folded before is skipped (idempotent retries)."""
+    def state_file(self, key: str) -> str:
+        return join(self.root, key, STATE_FILE)
+
+    def _select(self, key: str) -> None:
+        # the previous key's state is on storage already (written after its last fold)
+        if key == self.key:
+            return
+        self.key, self.running, self.folded = key, RunningMagMax(), []
+        path = self.state_file(key)
+        if exists(path):
+            self.folded = [t for t in read_metadata(path).get("folded", "").split(",") if t]
+            if self.folded:
+                self.running = RunningMagMax.from_value(read_tensors(path), len(self.folded))
+
+    def reset(self, key: str) -> None:
+        """Start ``key``'s sequence from nothing (a scenario run again folds from its first task:
+        a state resumed from the last run would skip every fold and give the final vector for each t)."""
+        delete(self.state_file(key))
+        self.key, self.running, self.folded = key, RunningMagMax(), []
+
+    def add(self, key: str, tag: str, tv: dict[str, torch.Tensor]) -> int:
+        """Fold ``tv`` (named ``tag``) into ``key``'s vector; a tag folded before is skipped (idempotent retries)."""
+        self._select(key)
         if tag in self.folded:
             return len(self.folded)
         self.running.add(tv)
         self.folded.append(tag)
-        write_tensors(self.running.value, self.state_file, metadata={"folded": ",".join(self.folded)})
+        write_tensors(self.running.value, self.state_file(key), metadata={"folded": ",".join(self.folded)})
         return len(self.folded)
 
-    def value(self) -> dict[str, torch.Tensor]:
+    def value(self, key: str) -> dict[str, torch.Tensor]:
+        self._select(key)
         return {k: v.clone() for k, v in self.running.value.items()}
 
-    def folded_tags(self) -> list[str]:
+    def folded_tags(self, key: str) -> list[str]:
+        self._select(key)
         return list(self.folded)
+
+    def release(self) -> None:
+        """Drop the vector held in memory (its state stays on storage)."""
+        self.key, self.running, self.folded = None, RunningMagMax(), []
 
 
 @ray.remote(num_cpus=0, max_restarts=3, max_task_retries=3)

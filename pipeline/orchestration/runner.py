@@ -39,7 +39,7 @@ from pipeline.orchestration.plan import (
     verify_cached,
 )
 from pipeline.orchestration.progress.monitor import Monitor
-from pipeline.orchestration.scenario_results import run_scenario, short_error, summarize
+from pipeline.orchestration.scenario_results import Folds, run_scenario, short_error, summarize
 from pipeline.orchestration.train import driving_options, fit_unit_task, unit_finished, use_gpu
 from pipeline.results import read_run
 from pipeline.units import ChainUnit
@@ -295,11 +295,15 @@ def _run_one_seed(cfg: BenchmarkConfig, log: Log = print) -> dict[str, Any]:
             check_datasets(cfg)
         init_ray(cfg, log)
         outcomes = fit_units(cfg, plan, log)
-        for s in cfg.scenarios:
-            if plan.scenarios_done[s.label]:
-                log(f"{s.label}: results exist in {scenario_dir(run_dir, s)}, skipping")
-                continue
-            failures += run_scenario(cfg, s, run_dir, _scenario_paths(cfg, plan, s, outcomes), log)
+        folds = Folds(run_dir)  # one MagMax actor for every scenario of the run
+        try:
+            for s in cfg.scenarios:
+                if plan.scenarios_done[s.label]:
+                    log(f"{s.label}: results exist in {scenario_dir(run_dir, s)}, skipping")
+                    continue
+                failures += run_scenario(cfg, s, run_dir, _scenario_paths(cfg, plan, s, outcomes), log, folds)
+        finally:
+            folds.close()
     summaries = [summarize(read_run(scenario_dir(run_dir, s))) for s in cfg.scenarios
                  if storage.exists(storage.join(scenario_dir(run_dir, s), "final.parquet"))]
     summary = dict(summaries[0]) if summaries else {}

@@ -3,7 +3,7 @@
 Which methods exist, what each merges, at which λ and under which row name comes from the
 method table (``pipeline.methods``); this module only runs the stages:
 
-1. task vectors of every fine-tuning mode, and MagMax folded after each task in an actor per mode;
+1. task vectors of every fine-tuning mode, and MagMax folded after each task in the run's actor;
 2. every merge of the table the scenario asks for (or sweeps);
 3. the accuracy matrices (models after each task, running merges, prefix merges) and zero-shot;
 4. the (method, λ) trials: each merge's headline λ plus Figure 9's grid, on Tune or as tasks;
@@ -59,13 +59,39 @@ class Inputs:
     num_tasks: int
 
 
+class Folds:
+    """The run's MagMax actor, started on first use and shared by every scenario and mode."""
+
+    def __init__(self, run_dir: str) -> None:
+        self.root = storage.join(run_dir, "actors")
+        self._actor: Any = None
+
+    def actor(self) -> Any:
+        if self._actor is None:
+            self._actor = MagMaxActor.remote(self.root)
+        return self._actor
+
+    def close(self) -> None:
+        if self._actor is not None:
+            ray.kill(self._actor)
+            self._actor = None
+
+
 def run_scenario(cfg: BenchmarkConfig, scenario: ScenarioConfig, run_dir: str,
-                 unit_paths: dict[str, list[str] | Exception], log: Log = print) -> list[dict[str, str]]:
+                 unit_paths: dict[str, list[str] | Exception], log: Log = print,
+                 folds: Folds | None = None) -> list[dict[str, str]]:
     """Merge, evaluate and sweep one scenario from its fine-tuned checkpoints; write its Parquet.
 
     Methods whose fine-tuning failed are left out and the failure is written to the scenario's
-    ``failures.json`` (removed again once a rerun succeeds). Returns the failures.
+    ``failures.json`` (removed again once a rerun succeeds). Returns the failures. ``folds`` is the
+    run's MagMax actor (``Folds``); without one, the scenario starts its own and ends it.
     """
+    if folds is None:
+        own = Folds(run_dir)
+        try:
+            return run_scenario(cfg, scenario, run_dir, unit_paths, log, own)
+        finally:
+            own.close()
     names = scenario_methods(cfg, scenario)
     failed = {mode: err for mode, err in unit_paths.items() if isinstance(err, Exception)}
     failures = [{"scenario": scenario.label, "mode": mode, "methods": sorted(method_table.methods_of_mode(mode, names)),
@@ -79,7 +105,7 @@ def run_scenario(cfg: BenchmarkConfig, scenario: ScenarioConfig, run_dir: str,
     data = put_eval_data(cfg, scenario)
 
     wanted = [*methods, *(n for n in cfg.merge.sweep_methods if n not in methods)]
-    running = _fold_running(cfg, scenario, run_dir, wanted, inputs, ctx)
+    running = _fold_running(scenario, wanted, inputs, ctx, folds)
     merged = {**{n: refs[-1] for n, refs in running.items()}, **_merge(wanted, inputs, ctx)}
     workers = eval_workers(cfg)
     results = _evaluate(cfg, scenario, _matrix_items(methods, inputs, running, merged, ctx), workers, data, log)
@@ -139,36 +165,29 @@ def _trim(cfg: BenchmarkConfig, untouched: int) -> dict[str, Any]:
     return merging.trim_options(cfg.merge.ties_scope, cfg.merge.ties_entries, untouched)
 
 
-def _fold_running(cfg: BenchmarkConfig, scenario: ScenarioConfig, run_dir: str, wanted: Sequence[str],
-                  inputs: Inputs, ctx: MergeContext) -> dict[str, list[ray.ObjectRef]]:
-    """Each running merge folded task by task: its value after task t. MagMax folds in one
-    restartable actor per method that persists its state; each continual merge folds in one Ray
+def _fold_running(scenario: ScenarioConfig, wanted: Sequence[str], inputs: Inputs, ctx: MergeContext,
+                  folds: Folds) -> dict[str, list[ray.ObjectRef]]:
+    """Each running merge folded task by task: its value after task t. MagMax folds in the run's
+    restartable actor (``folds``), which persists its state; each continual merge folds in one Ray
     task (``fold_running``) that returns a ref per prefix."""
     chosen = [method_table.get(n) for n in wanted]
     chosen = [m for m in chosen if m.kind == "running" and m.finetuning in inputs.tvs]
-    actors = {}
+    running: dict[str, list[ray.ObjectRef]] = {}
     for m in chosen:
         if not m.actor:
             continue
         mode = m.finetuning
-        state_dir = storage.join(run_dir, "actors", f"{scenario.label.replace('/', '_')}-{mode}")
-        # a scenario run again (after a failure) folds from the first task: an actor resumed from
-        # the last run's state would skip every fold and give the final vector for each t
-        storage.delete(storage.join(state_dir, "running_magmax.safetensors"))
-        # all created before the first fold, so their processes start side by side
-        actors[m.name] = (mode, MagMaxActor.options(name=f"magmax:{cfg.name}:{scenario.label}:{mode}",
-                                                    get_if_exists=True).remote(state_dir))
-    running: dict[str, list[ray.ObjectRef]] = {}
-    for name, (mode, actor) in actors.items():
-        running[name] = []
+        actor, key = folds.actor(), f"{scenario.label.replace('/', '_')}-{mode}"
+        ray.get(actor.reset.remote(key))
+        running[m.name] = []
         for t, (path, tv) in enumerate(zip(inputs.paths[mode], inputs.tvs[mode])):
             # the tag is the checkpoint's content address: a restarted actor skips what it folded
             # (tv is a ref: Ray resolves it in the actor, never here)
-            ray.get(actor.add.remote(f"{storage.name(storage.parent(path))}/{t}", tv))
-            running[name].append(actor.value.remote())
-        # results of actor calls are owned by this driver: once they exist, the actor can go
-        ray.wait(running[name], num_returns=len(running[name]), fetch_local=False)
-        ray.kill(actor)
+            ray.get(actor.add.remote(key, f"{storage.name(storage.parent(path))}/{t}", tv))
+            running[m.name].append(actor.value.remote(key))
+        # results of actor calls are owned by this driver: they outlive the actor's next key
+        ray.wait(running[m.name], num_returns=len(running[m.name]), fetch_local=False)
+        actor.release.remote()
     for m in chosen:
         if m.actor:
             continue
