@@ -89,6 +89,9 @@ def test_summary_reads_each_methods_headline_variant():
     out = summarize(df)
     assert out["magmax"] == 40.0 and out["ties"] == 20.0 and out["seq_ft"] == 5.0 and out["joint"] is None
     assert "toy_half" not in out  # not registered here: not a method's headline row
+    # every variant under its config name (one the table does not know: row and fine-tuning)
+    assert out["variants"] == {"magmax": 40.0, "magmax_first": 30.0, "ties": 20.0, "ties_seq": 10.0,
+                               "seq_ft": 5.0, "toy_half_seq": 7.0}
     json.dumps(out)
 
 
@@ -131,6 +134,7 @@ def test_a_registered_merge_and_the_newer_merges_run_end_to_end_over_two_seeds(t
     for key in ("magmax", "toy_half", "tsv", "opcm"):
         assert key in summary["mean"] and key in summary["std"], key
     assert set(summary["vs_magmax"]) >= {"toy_half", "tsv", "opcm"}
+    assert set(summary["variants"]["vs_magmax"]) == {"zero_shot", "toy_half", "tsv_seq", "opcm_seq"}
     table = (run_dir / "report" / "table.md").read_text()
     assert "Toy half" in table and "TSV-M" in table and "OPCM" in table and "±" in table
     seeds = (run_dir / "report" / "seeds.md").read_text()  # each variant's paired test against MagMax
@@ -182,6 +186,14 @@ def test_seed_summary_means_stds_and_tests_against_magmax():
     assert out["vs_magmax"]["ties"]["difference"] == -3.0
     assert out["vs_magmax"]["ties"]["p_value"] == pytest.approx(round(1 - (27 / 29) ** 0.5, 4))
     assert "chance" not in out["vs_magmax"] and set(out["per_seed"]) == {"5", "6", "7"}
+    # each variant apart (ties_seq beside ties), by the same rule
+    for s, (ind, seq) in zip((5, 6, 7), ((37.0, 41.0), (38.0, 41.0), (42.0, 44.0))):
+        per_seed[s]["variants"] = {"magmax": per_seed[s]["magmax"], "ties": ind, "ties_seq": seq}
+    out = seed_summary(per_seed)
+    assert out["variants"]["vs_magmax"]["ties"] == out["vs_magmax"]["ties"]
+    # ties_seq - magmax = [1, -1, 0]: mean 0, sd 1 -> t = 0, p = 1
+    assert out["variants"]["vs_magmax"]["ties_seq"] == {"difference": 0.0, "p_value": 1.0}
+    assert out["variants"]["mean"]["ties_seq"] == pytest.approx(42.0)
 
 
 def test_seeds_are_checked():

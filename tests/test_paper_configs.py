@@ -237,3 +237,17 @@ def test_tiny_paper_run_renders_every_table(tmp_path, ray_session, monkeypatch):
         assert name in beyond, name
     assert "–" not in beyond.split("\n", 2)[2]  # every cell measured
     assert (tmp_path / "plus" / "continual_matrices.png").is_file()
+    # and Table 2's beyond config on one of its scenarios (domain-incremental DomainNet), on
+    # all.yaml's fine-tunings too: a final row for every method and variant it names
+    argv = ["--config", str(ROOT / "configs" / "beyond" / "table2_plus.yaml"), "profile=tiny",
+            f"storage={tmp_path / 'storage'}", f"data_root={tmp_path / 'data'}",
+            "scenarios=[{dataset: domainnet, kind: domain_incremental, tasks: 6}]", "merge.sweep_lambdas=[0.5]",
+            "--no-report"]
+    assert run_benchmark.main(argv) == 0
+    plus2 = tmp_path / "storage" / "table2_plus"
+    summary = json.loads((plus2 / "summary.json").read_text())
+    assert summary["fine_tuned_tasks"] == 0 and summary["failures"] == [], summary
+    from pipeline.config import load_config
+
+    named = set(load_config(ROOT / "configs" / "beyond" / "table2_plus.yaml", ["profile=tiny"]).methods)
+    assert set(summary["variants"]) == named, set(summary["variants"]) ^ named

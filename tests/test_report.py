@@ -695,5 +695,8 @@ def test_seed_tests_pair_each_variant_with_magmax_by_hand(tmp_path):
     paths = report.write_report(df, tmp_path / "rep")
     assert "Paired difference from MagMax over seeds" in paths["index"].read_text()
     assert "| TIES | +2.00 (p 0.074) |" in paths["seeds_md"].read_text()
+    page = paths["index_html"].read_text()  # the page has the same section, linked from its nav
+    assert '<a href="#seeds">Paired difference from MagMax' in page
+    assert '<td class="label">TIES</td><td>+2.00 (p 0.074)</td>' in page
     one_seed = df[df["seed"] == 5]
     assert seed_tests(one_seed).empty and "seeds_md" not in report.write_report(one_seed, tmp_path / "one")

@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 
 from pipeline import paper, report
-from pipeline.report.tables import beyond_table, final_table
+from pipeline.report.tables import beyond_table, final_table, seed_tests
 from pipeline.results import COLUMNS, make_rows, write_unit
 
 REPO = Path(__file__).resolve().parent.parent
@@ -172,8 +172,12 @@ def test_every_table_has_its_rows_and_marks(run):
     df, out = run
     page = parse(out / "index.html")
     final, beyond, layout = final_table(df), beyond_table(df), paper.LAYOUTS["table1"]
-    assert len(page.tables) == 4  # final, beyond, Table 1, forgetting
-    t_final, t_beyond, t_paper, t_forget = page.tables
+    # final, beyond, seeds (two seeds: each variant's test against MagMax), Table 1, forgetting
+    assert len(page.tables) == 5
+    t_final, t_beyond, t_seeds, t_paper, t_forget = page.tables
+    seeds = seed_tests(df)
+    assert [r[0]["text"] for r in t_seeds["body"]] == list(seeds.index)
+    assert [[c["text"] for c in r[1:]] for r in t_seeds["body"]] == seeds.to_numpy().tolist()
     assert [r[0]["text"] for r in t_final["body"]] == list(final.index)
     assert [r[0]["text"] for r in t_beyond["body"]] == list(beyond.index)
     assert [r[0]["text"] for r in t_paper["body"]] == [r.label for r in layout.rows]
@@ -271,4 +275,4 @@ def test_the_page_renders_in_headless_chromium(run, tmp_path):
     expected = [png_size(p.read_bytes()) for p in sorted(out.glob("*.png"))]
     got = [(i["width"], i["height"]) for i in result["images"] if i["ok"]]
     assert len(result["images"]) == len(expected) and sorted(got) == sorted(expected)
-    assert len(result["tables"]) == 4 and all(n > 0 for n in result["tables"]), result["tables"]
+    assert len(result["tables"]) == 5 and all(n > 0 for n in result["tables"]), result["tables"]

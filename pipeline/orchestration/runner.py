@@ -252,11 +252,23 @@ def run_seeds(cfg: BenchmarkConfig, log: Log = print) -> dict[str, Any]:
 
 def seed_summary(per_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
     """Mean and sample std over seeds of every numeric headline, and each method's paired
-    difference from MagMax over seeds with its two-sided paired t-test p-value."""
+    difference from MagMax over seeds with its two-sided paired t-test p-value; the same for
+    every variant (``variants``: ``tsv`` and ``tsv_seq`` apart) under ``variants``."""
     seeds = sorted(per_seed)
     keys = [k for k, v in per_seed[seeds[0]].items() if isinstance(v, (int, float)) and not isinstance(v, bool)
             and k not in ("wall_seconds", "fine_tuned_tasks")]
-    values = {k: [per_seed[s].get(k) for s in seeds] for k in keys}
+    mean, std, vs = _over_seeds({k: [per_seed[s].get(k) for s in seeds] for k in keys})
+    names = sorted({k for s in seeds for k in per_seed[s].get("variants", {})})
+    v_mean, v_std, v_vs = _over_seeds({k: [per_seed[s].get("variants", {}).get(k) for s in seeds] for k in names})
+    failures = [f for s in seeds for f in per_seed[s].get("failures", [])]
+    return {"seeds": seeds, "mean": mean, "std": std, "vs_magmax": vs,
+            "variants": {"mean": v_mean, "std": v_std, "vs_magmax": v_vs},
+            "per_seed": {str(s): per_seed[s] for s in seeds}, "failures": failures}
+
+
+def _over_seeds(values: dict[str, list[float | None]]) -> tuple[dict, dict, dict]:
+    """Mean, sample std and paired test against ``magmax`` (MagMax on sequential fine-tuning) of
+    each key measured at every seed."""
     full = {k: v for k, v in values.items() if all(x is not None for x in v)}
     mean = {k: round(float(np.mean(v)), 2) for k, v in full.items()}
     std = {k: round(float(np.std(v, ddof=1)), 2) if len(v) > 1 else 0.0 for k, v in full.items()}
@@ -266,9 +278,7 @@ def seed_summary(per_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
             if k in method_table.known() and k != "magmax":
                 diff, p = paired_difference(v, full["magmax"])
                 vs[k] = {"difference": round(diff, 2), "p_value": None if p is None else round(p, 4)}
-    failures = [f for s in seeds for f in per_seed[s].get("failures", [])]
-    return {"seeds": seeds, "mean": mean, "std": std, "vs_magmax": vs,
-            "per_seed": {str(s): per_seed[s] for s in seeds}, "failures": failures}
+    return mean, std, vs
 
 
 def _run_one_seed(cfg: BenchmarkConfig, log: Log = print) -> dict[str, Any]:

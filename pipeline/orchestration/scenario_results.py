@@ -375,7 +375,8 @@ def summarize(df) -> dict[str, Any]:
     """The headline numbers of one scenario (the demo's summary.json): each method's final
     accuracy in its headline variant (Tables 4 and 6 add randmix/seq, magmax/first... under the
     paper's names), or in the only variant that ran (``tsv_seq`` alone gives ``tsv``); a
-    multi-dataset scenario's headline is the mean of its per-dataset rows."""
+    multi-dataset scenario's headline is the mean of its per-dataset rows. ``variants``: every
+    variant that ran, under its config name (the method table's name for its row and fine-tuning)."""
     final = df[df.role == "final"]
     out: dict[str, Any] = {}
     chance = df[(df.role == "analysis") & (df.metric == "chance")]
@@ -388,6 +389,10 @@ def summarize(df) -> dict[str, Any]:
         elif rows.finetuning.nunique() > 1:
             rows = rows.iloc[:0]  # several variants, none the headline: no single number to show
         out[key] = round(float(rows.value.mean()), 2) if len(rows) else None
+    # every variant under its config name (``tsv`` and ``tsv_seq``, ``magmax`` and ``magmax_ind``...)
+    names = {(m.row_name, m.finetuning): m.name for m in method_table.table()}
+    variants = final.groupby(["method", "finetuning"], sort=False)["value"].mean()
+    out["variants"] = {names.get(k, f"{k[0]}_{k[1]}"): round(float(v), 2) for k, v in variants.items()}
     forg = df[(df.role == "analysis") & (df.metric == "first_task_forgetting") & (df.method == "seq_ft")]
     out["seq_ft_first_task_forgetting"] = round(float(forg.value.iloc[0]), 2) if len(forg) else None
     for mode in ("ind", "seq"):

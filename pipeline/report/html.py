@@ -44,6 +44,8 @@ figure { margin: 1em 0; } figure img { max-width: 100%; height: auto; border: 1p
 pre { background: #f6f8fa; padding: .8em; overflow-x: auto; font-size: .85em; border-radius: 4px; }
 """
 
+SEEDS_TITLE = ("Paired difference from MagMax over seeds (points; two-sided paired t-test p-value; "
+               "p < 0.05: the difference holds across seeds)")
 BEYOND_TITLE = ("Beyond the paper: newer merges on independent (ind) and sequential (seq) fine-tunings, "
                 "final task-agnostic accuracy (%)")
 
@@ -88,6 +90,15 @@ def table_html(table: pd.DataFrame, ranked: bool = True) -> str:
         body.append(f"<tr{cls}>{''.join(cells)}</tr>")
     return (f'<div class="scroll"><table><thead><tr>{head}</tr></thead>'
             f"<tbody>{''.join(body)}</tbody></table></div>")
+
+
+def text_table_html(table: pd.DataFrame) -> str:
+    """A frame of ready-made text cells (``seed_tests``) as an HTML table, its index name in the corner."""
+    head = "".join(f"<th>{_e(c)}</th>" for c in [table.index.name or "", *table.columns])
+    body = "".join("<tr>" + f'<td class="label">{_e(i)}</td>' + "".join(f"<td>{_e(v)}</td>" for v in row) + "</tr>"
+                   for i, row in zip(table.index, table.to_numpy()))
+    return (f'<div class="scroll"><table><thead><tr>{head}</tr></thead>'
+            f"<tbody>{body}</tbody></table></div>")
 
 
 def _diff_span(diff: float) -> str:
@@ -163,12 +174,13 @@ def _img(path: Path, title: str) -> str:
 
 
 def report_html(df: pd.DataFrame, *, final: pd.DataFrame, beyond: pd.DataFrame,
-                paper_tables: Mapping[str, PaperTable], figures: Sequence[tuple[str, str, Sequence[str]]],
+                seeds: pd.DataFrame | None = None, paper_tables: Mapping[str, PaperTable], figures: Sequence[tuple[str, str, Sequence[str]]],
                 analysis: Sequence[tuple[str, pd.DataFrame]], paths: Mapping[str, Path], out: Path,
                 skipped: Sequence[str] = (), config: str | None = None) -> str:
     """The page. ``figures``: (key, title, file keys of ``paths``) per drawn figure, the PNG
     (``paths[key]``) embedded, the others linked; ``analysis``: (title, table) printed unranked;
-    ``paths``: what ``write_report`` wrote, for the links (relative to ``out``, the page's folder)."""
+    ``paths``: what ``write_report`` wrote, for the links (relative to ``out``, the page's folder);
+    ``seeds``: ``seed_tests``'s text cells (each variant's paired difference from MagMax), if any."""
     runs = ", ".join(sorted(df["run"].unique())) or "(empty)"
     sections: list[tuple[str, str, str]] = []  # (anchor, heading, body)
     sections.append(("final", "Final task-agnostic accuracy (%)",
@@ -177,6 +189,8 @@ def report_html(df: pd.DataFrame, *, final: pd.DataFrame, beyond: pd.DataFrame,
                      + table_html(final) + _links(paths, ("table_md", "table_tex"), out)))
     if not beyond.empty:
         sections.append(("beyond", BEYOND_TITLE, table_html(beyond) + _links(paths, ("beyond_md", "beyond_tex"), out)))
+    if seeds is not None and not seeds.empty:
+        sections.append(("seeds", SEEDS_TITLE, text_table_html(seeds) + _links(paths, ("seeds_md",), out)))
     for name, pt in paper_tables.items():
         sections.append((name, pt.layout.caption.split(":")[0],
                          paper_html(pt) + _links(paths, (f"{name}_md", f"{name}_tex"), out)))

@@ -29,7 +29,7 @@ from pipeline.report.figures import (
     plot_sign_conflicts,
     plot_update_consistency,
 )
-from pipeline.report.html import BEYOND_TITLE, report_html, run_config_text
+from pipeline.report.html import BEYOND_TITLE, SEEDS_TITLE, report_html, run_config_text
 from pipeline.report.render import paper_latex, paper_markdown, to_latex, to_markdown
 from pipeline.report.rows import has_rows, matrix_rows, sweep_curves
 from pipeline.report.tables import (PaperTable, analysis_table, available_tables, beyond_table, final_table,
@@ -158,7 +158,7 @@ def write_report(run_dir_or_df: str | os.PathLike[str] | pd.DataFrame, out_dir: 
     figures = [(s.key, s.title, figure_files[s.key]) for s in FIGURES if figure_files.get(s.key)]
     analysis = [(title, t) for metric, title in ANALYSIS if not (t := analysis_table(df, metric)).empty]
     paths["index_html"] = out / "index.html"
-    paths["index_html"].write_text(report_html(df, final=table, beyond=beyond, paper_tables=paper_tables,
+    paths["index_html"].write_text(report_html(df, final=table, beyond=beyond, seeds=tests, paper_tables=paper_tables,
                                                figures=figures, analysis=analysis, paths=paths, out=out,
                                                skipped=skipped, config=config), encoding="utf-8")
     return paths
@@ -179,9 +179,6 @@ def _text_table(table: pd.DataFrame) -> str:
 def _plain_markdown(table: pd.DataFrame) -> str:
     return to_markdown(table, bold_best=False)
 
-
-SEEDS_TITLE = ("Paired difference from MagMax over seeds (points; two-sided paired t-test p-value; "
-               "p < 0.05: the difference holds across seeds)")
 
 
 # The analysis metrics printed as plain tables at the end of the index, with their headings.
