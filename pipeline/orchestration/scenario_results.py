@@ -78,20 +78,13 @@ class Folds:
 
 
 def run_scenario(cfg: BenchmarkConfig, scenario: ScenarioConfig, run_dir: str,
-                 unit_paths: dict[str, list[str] | Exception], log: Log = print,
-                 folds: Folds | None = None) -> list[dict[str, str]]:
+                 unit_paths: dict[str, list[str] | Exception], log: Log, folds: Folds) -> list[dict[str, str]]:
     """Merge, evaluate and sweep one scenario from its fine-tuned checkpoints; write its Parquet.
 
     Methods whose fine-tuning failed are left out and the failure is written to the scenario's
     ``failures.json`` (removed again once a rerun succeeds). Returns the failures. ``folds`` is the
-    run's MagMax actor (``Folds``); without one, the scenario starts its own and ends it.
+    run's MagMax actor (``Folds``: the caller ends it after its last scenario).
     """
-    if folds is None:
-        own = Folds(run_dir)
-        try:
-            return run_scenario(cfg, scenario, run_dir, unit_paths, log, own)
-        finally:
-            own.close()
     names = scenario_methods(cfg, scenario)
     failed = {mode: err for mode, err in unit_paths.items() if isinstance(err, Exception)}
     failures = [{"scenario": scenario.label, "mode": mode, "methods": sorted(method_table.methods_of_mode(mode, names)),

@@ -174,7 +174,8 @@ def _img(path: Path, title: str) -> str:
 
 
 def report_html(df: pd.DataFrame, *, final: pd.DataFrame, beyond: pd.DataFrame,
-                seeds: pd.DataFrame | None = None, paper_tables: Mapping[str, PaperTable], figures: Sequence[tuple[str, str, Sequence[str]]],
+                seeds: pd.DataFrame | None = None, paper_tables: Mapping[str, PaperTable],
+                figures: Sequence[tuple[str, str, Sequence[str]]],
                 analysis: Sequence[tuple[str, pd.DataFrame]], paths: Mapping[str, Path], out: Path,
                 skipped: Sequence[str] = (), config: str | None = None) -> str:
     """The page. ``figures``: (key, title, file keys of ``paths``) per drawn figure, the PNG

@@ -158,8 +158,8 @@ def write_report(run_dir_or_df: str | os.PathLike[str] | pd.DataFrame, out_dir: 
     figures = [(s.key, s.title, figure_files[s.key]) for s in FIGURES if figure_files.get(s.key)]
     analysis = [(title, t) for metric, title in ANALYSIS if not (t := analysis_table(df, metric)).empty]
     paths["index_html"] = out / "index.html"
-    paths["index_html"].write_text(report_html(df, final=table, beyond=beyond, seeds=tests, paper_tables=paper_tables,
-                                               figures=figures, analysis=analysis, paths=paths, out=out,
+    paths["index_html"].write_text(report_html(df, final=table, beyond=beyond, seeds=tests,
+                                               paper_tables=paper_tables, figures=figures, analysis=analysis, paths=paths, out=out,
                                                skipped=skipped, config=config), encoding="utf-8")
     return paths
 
@@ -178,7 +178,6 @@ def _text_table(table: pd.DataFrame) -> str:
 
 def _plain_markdown(table: pd.DataFrame) -> str:
     return to_markdown(table, bold_best=False)
-
 
 
 # The analysis metrics printed as plain tables at the end of the index, with their headings.
