@@ -3,12 +3,13 @@
     .venv/bin/python bench/head_memory.py              # N = 1, 2, 4 units in flight (~5 min on 2 CPUs)
     .venv/bin/python bench/head_memory.py --units 1 2  # other N
 
-Each unit in flight keeps a driving task (``pipeline.orchestration.train.fit_unit_task``, placed
-on the driver's node by ``driving_options``) and Ray Train's controller actor beside it; both wait
-on that node while the Train workers train elsewhere. This starts a private local Ray cluster,
-submits N single-task units of the tiny CLIP on generated data exactly as ``runner.fit_units``
-does (same task, same options), and samples every process on the machine once a second by its
-Ray process title: ``ray::fit_unit_task`` (driving), ``ray::TrainController`` (controller),
+Every unit in flight is driven by one thread of one process for the whole run (the
+``pipeline.orchestration.train.UnitDriver`` actor, placed on the driver's node by
+``driving_options``), and keeps Ray Train's controller actor beside it; both wait on that node
+while the Train workers train elsewhere. This starts a private local Ray cluster, submits N
+single-task units of the tiny CLIP on generated data exactly as ``runner.fit_units`` does (same
+actor, same options), and samples every process on the machine once a second by its Ray process
+title: ``ray::UnitDriver`` (driving), ``ray::TrainController`` (controller),
 ``ray::RayTrainWorker`` (the worker, which on a cluster runs on a GPU node, not the head), and
 ``ray::IDLE`` (a pooled Ray worker with nothing to do: what any Ray Python process costs). It
 prints, for the sample with the most units' processes alive, the processes of each kind and
@@ -31,9 +32,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import ROOT, machine, table  # noqa: E402
 
-KINDS = {"driving task": "ray::fit_unit_task", "Train controller": "ray::TrainController",
+KINDS = {"driving actor": "ray::UnitDriver", "Train controller": "ray::TrainController",
          "Train worker": "ray::RayTrainWorker", "idle Ray worker": "ray::IDLE"}
 GB = 1 << 30
+AT = 64  # units in flight the head is sized for (issue 13: <= 16 GB there)
 
 
 def kind_of(cmdline: list[str]) -> str | None:
@@ -70,7 +72,7 @@ class Sampler(threading.Thread):
 
     def run(self) -> None:
         def score(s):
-            units = s["driving task"] + s["Train controller"]
+            units = s["driving actor"] + s["Train controller"]
             return len(units), sum(r for r, _, _ in units)
 
         while not self.stop.is_set():
@@ -86,7 +88,7 @@ def run(n: int, data_root: Path, work: Path, epochs: int) -> dict[str, list[tupl
     from pipeline.config import load_config
     from pipeline.orchestration.plan import build_plan
     from pipeline.orchestration.runner import resolve_paths
-    from pipeline.orchestration.train import driving_options, fit_unit_task
+    from pipeline.orchestration.train import UnitDriver, driving_options
 
     cfg = resolve_paths(load_config(ROOT / "configs" / "demo.yaml", [
         f"data_root={data_root}", f"storage={work / f'n{n}'}", "demo_data=false", f"scenarios.0.tasks={max(2, n)}",
@@ -94,11 +96,12 @@ def run(n: int, data_root: Path, work: Path, epochs: int) -> dict[str, list[tupl
         f"finetune.epochs={epochs}", "finetune.batch_size=50", "ray.use_gpu='false'", "ray.cpus_per_worker=0.5",
         "ray.max_failures=0"]))
     units = build_plan(cfg).units[:n]
-    driving = fit_unit_task.options(**driving_options(cfg.ray.max_failures))
+    driver = UnitDriver.options(**driving_options(cfg.ray.max_failures, n)).remote()
     sampler = Sampler()
     sampler.start()
-    refs = [driving.remote(cfg, u.unit, u.folder, str(work / f"n{n}" / "ray_train")) for u in units]
+    refs = [driver.fit.remote(cfg, u.unit, u.folder, str(work / f"n{n}" / "ray_train")) for u in units]
     ray.get(refs)
+    ray.kill(driver)
     sampler.stop.set()
     sampler.join()
     assert sampler.best is not None
@@ -129,15 +132,22 @@ def main() -> None:
             start = time.perf_counter()
             best = run(n, data_root, work, args.epochs)
             wall = time.perf_counter() - start
-            head = best["driving task"] + best["Train controller"]
+            head = best["driving actor"] + best["Train controller"]
             for kind in KINDS:
                 procs = best[kind]
                 rows.append([n, kind, len(procs), sum(r for r, _, _ in procs) / GB, sum(u for _, u, _ in procs) / GB,
                              sum(p for _, _, p in procs) / GB])
-            units = max(1, len(best["driving task"]))
-            rows.append([n, "head per unit (driving + controller)", f"{len(head)}",
+            units = max(1, len(best["Train controller"]))
+            rows.append([n, "head per unit (driving + controllers) / N", f"{len(head)}",
                          sum(r for r, _, _ in head) / GB / units, sum(u for _, u, _ in head) / GB / units,
                          sum(p for _, _, p in head) / GB / units])
+            # one driving process whatever N, plus a controller per unit: the head at 64 units in flight
+            ctl = best["Train controller"]
+            if ctl:
+                per = [sum(x[k] for x in ctl) / len(ctl) / GB for k in range(3)]
+                drive = [sum(x[k] for x in best["driving actor"]) / GB for k in range(3)]
+                rows.append([n, f"head at {AT} units (1 driving + {AT} controllers)", f"{1 + AT}",
+                             *(d + AT * c for d, c in zip(drive, per))])
             print(f"N = {n}: {wall:.0f} s", file=sys.stderr, flush=True)
         print()
         print("## Memory per kind of process, at the sample with the most units alive (GiB)")

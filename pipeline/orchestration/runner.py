@@ -40,7 +40,7 @@ from pipeline.orchestration.plan import (
 )
 from pipeline.orchestration.progress.monitor import Monitor
 from pipeline.orchestration.scenario_results import Folds, run_scenario, short_error, summarize
-from pipeline.orchestration.train import driving_options, fit_unit_task, unit_finished, use_gpu
+from pipeline.orchestration.train import UnitDriver, driving_options, fit_unit_task, unit_finished, use_gpu
 from pipeline.results import read_run
 from pipeline.units import ChainUnit
 
@@ -358,7 +358,12 @@ def fit_units(cfg: BenchmarkConfig, plan: Plan, log: Log = print) -> dict[int, l
     t0 = time.time()
     slots = _capacity(cfg)
     train_root = storage.join(cfg.storage, "ray_train")
-    driving = fit_unit_task.options(**driving_options(cfg.ray.max_failures))
+    if cfg.ray.num_workers > 0:  # Train runs, all driven from one process (threads)
+        driver = UnitDriver.options(**driving_options(cfg.ray.max_failures, slots)).remote()
+        submit = driver.fit.remote
+    else:  # in-process mode: each unit trains in a driving process of its own
+        driver = None
+        submit = fit_unit_task.options(**driving_options(cfg.ray.max_failures)).remote
     pending: dict[ray.ObjectRef, int] = {}
     leases = Leases(ttl_s=LEASE_TTL_S)
     told: set[int] = set()
@@ -378,7 +383,7 @@ def fit_units(cfg: BenchmarkConfig, plan: Plan, log: Log = print) -> dict[int, l
                     progress.finished(i)
                 elif leases.acquire(u.folder, lease_part(u.unit)):
                     queue.remove(i)
-                    pending[driving.remote(cfg, u.unit, u.folder, train_root)] = i
+                    pending[submit(cfg, u.unit, u.folder, train_root)] = i
                     progress.started(i)
                 elif i not in told:
                     told.add(i)
@@ -403,6 +408,8 @@ def fit_units(cfg: BenchmarkConfig, plan: Plan, log: Log = print) -> dict[int, l
     finally:
         leases.release_all()  # (a killed driver's leases expire after LEASE_TTL_S, or at once on its own host)
         progress.close()
+        if driver is not None:
+            ray.kill(driver)
     log(f"{len(plan.pending)} fine-tuning units run in {time.time() - t0:.1f}s")
     return outcomes
 

@@ -59,12 +59,13 @@ def _train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
     from pipeline.chain import run_chain  # (on use, as above: the worker's side only)
     from pipeline.scenario import build_scenario
 
-    cfg: BenchmarkConfig = config["cfg"]
-    unit: ChainUnit = config["unit"]
+    cfg, unit = _unpack(config["job"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(max(1, int(config.get("threads", 1))))
     device = ray.train.torch.get_device() if config["use_gpu"] else torch.device("cpu")
+    if device.type == "cuda":  # (what TorchConfig's context does; one-worker runs go without it)
+        torch.cuda.set_device(device)
     node = ray.get_runtime_context().get_node_id()
     scn = build_scenario(cfg, unit.scenario)
     # progress for the driver's display and progress.json (issue 13); rank 0 only, never raises
@@ -100,9 +101,17 @@ def unit_finished(unit: ChainUnit, unit_dir: str) -> bool:
 
 
 def fit_unit(cfg: BenchmarkConfig, unit: ChainUnit, unit_dir: str, storage_path: str) -> list[str]:
-    """Fine-tune one unit with a ``TorchTrainer`` (skipped when all its checkpoints exist)."""
-    from ray.train import FailureConfig, RunConfig, ScalingConfig  # on use: slow to import (see _train_loop)
-    from ray.train.torch import TorchTrainer
+    """Fine-tune one unit with a Ray Train run (skipped when all its checkpoints exist).
+
+    A one-worker run goes through Train's plain ``DataParallelTrainer``: no process group to set
+    up, and its controller (which waits on the head for the whole run) never imports torch,
+    0.18 instead of 0.65 GB there (``bench/head_memory.py``). Several workers need
+    ``TorchTrainer``'s process group. Either way the config and unit reach the workers as one
+    object-store ref, so the controller, which holds the run's ``train_loop_config``, does not
+    unpickle them (they import the merging code and torch).
+    """
+    from ray.train import BackendConfig, FailureConfig, RunConfig, ScalingConfig  # on use: slow to import
+    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
     store = CheckpointStore(unit_dir)
     if unit_finished(unit, unit_dir):
@@ -114,9 +123,9 @@ def fit_unit(cfg: BenchmarkConfig, unit: ChainUnit, unit_dir: str, storage_path:
     resources = {"CPU": cfg.ray.cpus_per_worker}
     if gpu:
         resources["GPU"] = cfg.ray.gpus_per_worker
-    trainer = TorchTrainer(
-        _train_loop,
-        train_loop_config={"cfg": cfg, "unit": unit, "unit_dir": unit_dir, "use_gpu": gpu,
+    job = ray.put((cfg, unit)) if cfg.ray.num_workers > 0 else (cfg, unit)
+    kwargs: dict[str, Any] = dict(
+        train_loop_config={"job": job, "unit_dir": unit_dir, "use_gpu": gpu,
                            "threads": max(1, int(cfg.ray.cpus_per_worker))},
         scaling_config=ScalingConfig(num_workers=cfg.ray.num_workers, use_gpu=gpu,
                                      resources_per_worker=resources),
@@ -124,6 +133,12 @@ def fit_unit(cfg: BenchmarkConfig, unit: ChainUnit, unit_dir: str, storage_path:
         run_config=RunConfig(name=f"ft-{unit.label}-{storage_name(unit_dir)}", storage_path=storage_path,
                              failure_config=FailureConfig(max_failures=cfg.ray.max_failures)),
     )
+    if cfg.ray.num_workers > 1:
+        from ray.train.torch import TorchTrainer
+
+        trainer: Any = TorchTrainer(_train_loop, **kwargs)
+    else:
+        trainer = DataParallelTrainer(_train_loop, backend_config=BackendConfig(), **kwargs)
     result = trainer.fit()
     failure = getattr(result, "return_value", None)
     if isinstance(failure, dict) and failure.get("error"):
@@ -135,25 +150,53 @@ def fit_unit(cfg: BenchmarkConfig, unit: ChainUnit, unit_dir: str, storage_path:
 
 @ray.remote(num_cpus=0)
 def fit_unit_task(cfg: BenchmarkConfig, unit: ChainUnit, unit_dir: str, storage_path: str) -> list[str]:
-    """A Ray task that drives one TorchTrainer, so independent units fit concurrently.
+    """A Ray task that fine-tunes one unit in its own process: the in-process mode
+    (``ray.num_workers: 0``), where the training runs in the driving process itself.
 
-    It only waits, so it asks for no CPU, which also lets it wait on a head that has none.
-    ``driving_options`` places it, and with it the unit's Train controller, on the driver's node.
-    Submitted with ``max_retries``: if its node dies anyway, Ray reruns it elsewhere and the unit
-    resumes from its folder; application errors are not retried.
+    It asks for no CPU beyond what the loop declares, so it also waits on a head that has none.
+    Submitted with ``driving_options``: on the driver's node, rerun elsewhere if its node dies (the
+    unit resumes from its folder); application errors are not retried.
     """
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     return fit_unit(cfg, unit, unit_dir, storage_path)
 
 
-def driving_options(max_failures: int) -> dict[str, Any]:
-    """Ray options of the task that drives a unit: on the driver's node (soft), retried on node loss.
+@ray.remote(num_cpus=0)
+class UnitDriver:
+    """Drives every Train run of a driver from one process on the driver's node, one thread per
+    unit in flight (each thread calls ``fit`` and waits on that run's controller).
 
-    Train's controller lives beside the task that calls ``fit``. On the driver's node (the head,
-    under ``ray job submit``) a lost GPU node takes only Train workers, which ``FailureConfig``
-    replaces; the head going down ends the job anyway. The cost is memory there: each unit in
-    flight keeps its driving task and controller on that node.
+    One process instead of one per unit: the head then holds, per unit in flight, only the run's
+    Train controller (torch-free for one-worker runs), not a second process that imports torch
+    (0.65 GB each; ``bench/head_memory.py``). Created with ``driving_options``: if the process or
+    its node dies, Ray restarts it and retries the calls in flight, and each unit resumes from its
+    folder (the runs' controllers, owned by this process, go with it); application errors are
+    not retried.
     """
-    here = ray.get_runtime_context().get_node_id()
-    return {"max_retries": max_failures, "retry_exceptions": False,
-            "scheduling_strategy": NodeAffinitySchedulingStrategy(node_id=here, soft=True)}
+
+    def __init__(self) -> None:
+        os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+
+    def fit(self, cfg: BenchmarkConfig, unit: ChainUnit, unit_dir: str, storage_path: str) -> list[str]:
+        return fit_unit(cfg, unit, unit_dir, storage_path)
+
+
+def driving_options(max_failures: int, concurrency: int | None = None) -> dict[str, Any]:
+    """Ray options of what drives units: on the driver's node (soft), retried on node loss.
+    Without ``concurrency``, a ``fit_unit_task``'s; with it, the ``UnitDriver`` actor's (that many
+    units in flight at once).
+
+    Train's controller lives beside the process that calls ``fit``. On the driver's node (the head,
+    under ``ray job submit``) a lost GPU node takes only Train workers, which ``FailureConfig``
+    replaces; the head going down ends the job anyway.
+    """
+    here = {"scheduling_strategy": NodeAffinitySchedulingStrategy(
+        node_id=ray.get_runtime_context().get_node_id(), soft=True)}
+    if concurrency is None:
+        return {**here, "max_retries": max_failures, "retry_exceptions": False}
+    return {**here, "max_concurrency": max(1, concurrency), "max_restarts": max_failures,
+            "max_task_retries": max_failures}
+
+
+def _unpack(job: Any) -> tuple[BenchmarkConfig, ChainUnit]:
+    return ray.get(job) if isinstance(job, ray.ObjectRef) else job
