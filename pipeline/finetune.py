@@ -44,10 +44,15 @@ class LwF:
     lam: float = 0.3
     temperature: float = 2.0
 
-    def penalty(self, model: ImageClassifier, images: torch.Tensor) -> torch.Tensor:
+    def penalty(self, model: ImageClassifier, images: torch.Tensor,
+                features: torch.Tensor | None = None) -> torch.Tensor:
+        """``features``: the student's features of ``images`` where the caller has them already
+        (the training step computes them once for the task loss and this: one encoder pass and
+        one backward instead of two)."""
         with torch.no_grad():
             target = F.softmax(self.teacher(images, self.old_head) / self.temperature, dim=1)
-        student = F.log_softmax(model(images, self.old_head) / self.temperature, dim=1)
+        feats = model.features(images) if features is None else features
+        student = F.log_softmax(model.logits(feats, self.old_head) / self.temperature, dim=1)
         return self.lam * -(target * student).sum(1).mean()
 
 
@@ -350,9 +355,10 @@ def _accumulate(model: ImageClassifier, images: torch.Tensor | None, labels: tor
         if label_map is not None:
             y = label_map[y]
         with _autocast(device, recipe.precision):
-            loss = F.cross_entropy(model(x, head), y, reduction="sum") / global_size
+            feats = model.features(x)
+            loss = F.cross_entropy(model.logits(feats, head), y, reduction="sum") / global_size
             if isinstance(regularizer, LwF):
-                loss = loss + regularizer.penalty(model, x) * (len(y) / global_size)
+                loss = loss + regularizer.penalty(model, x, feats) * (len(y) / global_size)
             if step_penalty and start == 0:
                 loss = loss + regularizer.penalty(model, x)
         loss.backward()

@@ -200,6 +200,10 @@ class ImageClassifier(nn.Module):
         feats = self.visual(images)
         return feats / feats.norm(dim=-1, keepdim=True)
 
-    def forward(self, images: torch.Tensor, head: torch.Tensor | None = None) -> torch.Tensor:
+    def logits(self, features: torch.Tensor, head: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits of already computed ``features`` (one image pass can serve several heads)."""
         weights = self.head if head is None else head
-        return self.logit_scale * self.features(images) @ weights.t()
+        return self.logit_scale * features @ weights.t()
+
+    def forward(self, images: torch.Tensor, head: torch.Tensor | None = None) -> torch.Tensor:
+        return self.logits(self.features(images), head)
