@@ -148,6 +148,39 @@ def test_losing_a_node_mid_fine_tuning_changes_nothing(cluster, fault_free, demo
             assert (got[key] - want[key]).abs().max() <= 1e-5, (a.name, key)
 
 
+def _alive_actors(dashboard_url: str, class_name: str) -> list[tuple[str, int]]:
+    """(actor id, pid) of every live actor of this class."""
+    from ray.util.state import list_actors
+
+    alive = list_actors(address=dashboard_url, filters=[("class_name", "=", class_name),
+                                                        ("state", "=", "ALIVE")], timeout=10)
+    return [(a.actor_id, a.pid) for a in alive if a.pid]
+
+
+def test_killing_the_units_driving_actor_mid_fine_tuning_changes_nothing(cluster, fault_free, demo_data_root,
+                                                                         tmp_path):
+    c, _ = cluster
+    storage = tmp_path / "storage"
+    log = tmp_path / "driver.log"
+    proc = _start(_argv(storage, demo_data_root, c.address), log)
+    # the one process that drives every Train run (a thread per unit) dies once an epoch is stored:
+    # Ray restarts it, the calls in flight are retried, their controllers and workers (owned by it)
+    # go with it, and each unit resumes from its folder
+    _until(lambda: any((storage / "checkpoints").rglob("*.safetensors")) if (storage / "checkpoints").is_dir()
+           else False, proc, log)
+    from ray.util.state import get_actor
+
+    drivers = _alive_actors(c.dashboard_url, "UnitDriver")
+    assert len(drivers) == 1, drivers
+    actor_id, pid = drivers[0]
+    os.kill(pid, signal.SIGKILL)
+    _wait(proc, log)
+    assert get_actor(actor_id, address=c.dashboard_url, timeout=10).num_restarts >= 1  # the fault did land
+    pd.testing.assert_frame_equal(_results(storage), _results(fault_free), check_exact=False, rtol=1e-6)
+    ours, theirs = _checkpoints(storage), _checkpoints(fault_free)
+    assert [p.relative_to(storage) for p in ours] == [p.relative_to(fault_free) for p in theirs]
+
+
 def test_killing_the_driver_and_rerunning_resumes(cluster, fault_free, demo_data_root, tmp_path):
     c, _ = cluster
     storage = tmp_path / "storage"
