@@ -6,7 +6,7 @@
 
 Both paths run ``pipeline.chain.run_chain`` on the same unit (the joint unit: all tasks' images in
 every epoch) with the same config: the Ray path through
-``pipeline.orchestration.train.fit_unit`` (a ``TorchTrainer`` whose worker builds the scenario
+``pipeline.orchestration.train.fit_unit`` (a one-worker Train run whose worker builds the scenario
 and calls run_chain, reporting every epoch), the bare path by calling run_chain in this process.
 Each is timed at two epoch counts; the difference divided by the extra epochs is the
 steady-state time per epoch (what the <= 10 % overhead target is about), and what is left over is
@@ -168,7 +168,7 @@ def cpu_comparison(args: argparse.Namespace) -> None:
             rows.append([path, t1, t2, marginal, images / marginal, fixed])
         overhead = 100 * (per_epoch["ray"] / per_epoch["bare"] - 1)
         print()
-        mode = "Train in-process mode (num_workers=0)" if args.quick else "TorchTrainer, 1 worker x 1 CPU"
+        mode = "Train in-process mode (num_workers=0)" if args.quick else "Ray Train, 1 worker x 1 CPU"
         nice = os.environ.get("RAY_worker_niceness", "Ray's default 15")
         poll = args.report_interval
         print(f"## Training step throughput: Ray Train ({mode}, worker niceness {nice}, controller poll "

@@ -47,7 +47,7 @@ ASSUMED_THROUGHPUT: dict[str, tuple[float, float]] = {
 # run whatever its size, on every GPU of its worker group; set ``ray.unit_startup_s`` from your
 # own runs. (seconds, where the figure comes from)
 STARTUP_S: dict[str, tuple[float, str]] = {
-    # bench/finetune.py (fixed cost of a one-worker TorchTrainer over the bare loop, which builds
+    # bench/finetune.py (fixed cost of a one-worker Train run over the bare loop, which builds
     # its scenario beforehand) on this project's 2-CPU VM: 23.1 s, and 28.6 s on a rerun (README)
     "tiny": (28.6, "measured, tiny CLIP on 2 CPUs (bench/finetune.py; 23.1-28.6 s)"),
     # not measured (no GPU in the sessions so far): the tiny figure, whose Python start-up and
