@@ -51,11 +51,13 @@ def _actor_nodes(dashboard_url: str, class_name: str) -> set[str]:
 
 def _argv(storage: Path, data_root: Path, address: str, name: str = "faults") -> list[str]:
     # the smallest run with what the faults hit: a chain (seq_ft, and MagMax's actor) and independent
-    # tasks (avg) as two units, two epochs (so a fault can land inside a task), a λ trial on Tune;
-    # two test images per class are enough to compare results
+    # tasks (avg) as two units, three epochs (so a fault lands inside a task: after the first stored
+    # epoch, with two epochs of one task to go; at two, a unit could finish before the test had
+    # looked its Train actors up), a λ trial on Tune; two test images per class are enough to
+    # compare results
     return [sys.executable, str(ROOT / "jobs" / "run_benchmark.py"), "--no-report", "--config",
             str(ROOT / "configs" / "demo.yaml"), f"name={name}", f"storage={storage}", f"data_root={data_root}",
-            "demo_data=false", "scenarios.0.tasks=2", "finetune.epochs=2", "finetune.batch_size=50",
+            "demo_data=false", "scenarios.0.tasks=2", "finetune.epochs=3", "finetune.batch_size=50",
             "methods=[seq_ft,magmax,avg]", "merge.sweep_lambdas=[0.5]", "max_eval_per_class=2",
             "merge.sweep_methods=[magmax]", f"ray.address={address}", "ray.cpus_per_worker=0.9",
             "ray.eval_cpus=0.45", "ray.max_failures=3"]
