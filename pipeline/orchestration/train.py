@@ -174,10 +174,10 @@ class UnitDriver:
 
     One process instead of one per unit: the head then holds, per unit in flight, only the run's
     Train controller (torch-free for one-worker runs), not a second process that imports torch
-    (0.65 GB each; ``bench/head_memory.py``). Created with ``driving_options``: if the process or
-    its node dies, Ray restarts it and retries the calls in flight, and each unit resumes from its
-    folder (the runs' controllers, owned by this process, go with it); application errors are
-    not retried.
+    (0.65 GB each; ``bench/head_memory.py``). Created with ``driving_options``: pinned to the
+    driver's node; if its process dies, Ray restarts it there and retries the calls in flight, and
+    each unit resumes from its folder (the runs' controllers, owned by this process, go with it);
+    application errors are not retried.
     """
 
     def __init__(self) -> None:
@@ -188,7 +188,7 @@ class UnitDriver:
 
 
 def driving_options(max_failures: int, concurrency: int | None = None) -> dict[str, Any]:
-    """Ray options of what drives units: on the driver's node (soft), retried on node loss.
+    """Ray options of what drives units: on the driver's node, retried if it dies.
     Without ``concurrency``, a ``fit_unit_task``'s; with it, the ``UnitDriver`` actor's (that many
     units in flight at once).
 
@@ -196,11 +196,14 @@ def driving_options(max_failures: int, concurrency: int | None = None) -> dict[s
     under ``ray job submit``) a lost GPU node takes only Train workers, which ``FailureConfig``
     replaces; the head going down ends the job anyway.
     """
-    here = {"scheduling_strategy": NodeAffinitySchedulingStrategy(
-        node_id=ray.get_runtime_context().get_node_id(), soft=True)}
+    node = ray.get_runtime_context().get_node_id()
     if concurrency is None:
-        return {**here, "max_retries": max_failures, "retry_exceptions": False}
-    return {**here, "max_concurrency": max(1, concurrency), "max_restarts": max_failures,
+        return {"scheduling_strategy": NodeAffinitySchedulingStrategy(node_id=node, soft=True),
+                "max_retries": max_failures, "retry_exceptions": False}
+    # hard for the actor: a soft affinity let Ray place it (and so every controller) on a worker node
+    # of a head with no CPU; the driver's node outlives the driver's runs anyway
+    return {"scheduling_strategy": NodeAffinitySchedulingStrategy(node_id=node, soft=False),
+            "max_concurrency": max(1, concurrency), "max_restarts": max_failures,
             "max_task_retries": max_failures}
 
 
