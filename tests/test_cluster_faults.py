@@ -40,13 +40,17 @@ def cluster():
     c.shutdown()
 
 
-def _actor_nodes(dashboard_url: str, class_name: str) -> set[str]:
-    """Nodes that host a live actor of this class."""
+def _alive_actors(dashboard_url: str, class_name: str) -> list:
+    """Every live actor of this class (Ray's State API records)."""
     from ray.util.state import list_actors
 
-    alive = list_actors(address=dashboard_url, filters=[("class_name", "=", class_name),
-                                                        ("state", "=", "ALIVE")], timeout=10)
-    return {a.node_id for a in alive}
+    return list_actors(address=dashboard_url, filters=[("class_name", "=", class_name),
+                                                       ("state", "=", "ALIVE")], timeout=10)
+
+
+def _actor_nodes(dashboard_url: str, class_name: str) -> set[str]:
+    """Nodes that host a live actor of this class."""
+    return {a.node_id for a in _alive_actors(dashboard_url, class_name)}
 
 
 def _argv(storage: Path, data_root: Path, address: str, name: str = "faults") -> list[str]:
@@ -90,6 +94,14 @@ def _until(predicate, proc: subprocess.Popen, log: Path, timeout: float = 300) -
         time.sleep(0.2)
 
 
+def _start_and_wait_for_a_stored_epoch(storage: Path, data_root: Path, address: str, log: Path) -> subprocess.Popen:
+    """A driver on the fault-free run's config, once its first checkpoint or epoch state is stored."""
+    proc = _start(_argv(storage, data_root, address), log)
+    _until(lambda: any((storage / "checkpoints").rglob("*.safetensors")) if (storage / "checkpoints").is_dir()
+           else False, proc, log)
+    return proc
+
+
 def _checkpoints(storage: Path) -> list[Path]:
     return sorted((storage / "checkpoints").rglob("task_*.safetensors"))
 
@@ -124,11 +136,9 @@ def test_losing_a_node_mid_fine_tuning_changes_nothing(cluster, fault_free, demo
     c, workers = cluster
     storage = tmp_path / "storage"
     log = tmp_path / "driver.log"
-    proc = _start(_argv(storage, demo_data_root, c.address), log)
     # once the first epoch of fine-tuning has been stored, in the middle of a task, a node that
     # runs Train workers dies
-    _until(lambda: any((storage / "checkpoints").rglob("*.safetensors")) if (storage / "checkpoints").is_dir()
-           else False, proc, log)
+    proc = _start_and_wait_for_a_stored_epoch(storage, demo_data_root, c.address, log)
     # the units' drivers and Train controllers wait on the head, so a lost GPU node loses only workers
     assert _actor_nodes(c.dashboard_url, "TrainController") == {c.head_node.node_id}
     hosts = _actor_nodes(c.dashboard_url, "RayTrainWorker")
@@ -150,34 +160,22 @@ def test_losing_a_node_mid_fine_tuning_changes_nothing(cluster, fault_free, demo
             assert (got[key] - want[key]).abs().max() <= 1e-5, (a.name, key)
 
 
-def _alive_actors(dashboard_url: str, class_name: str) -> list[tuple[str, int]]:
-    """(actor id, pid) of every live actor of this class."""
-    from ray.util.state import list_actors
-
-    alive = list_actors(address=dashboard_url, filters=[("class_name", "=", class_name),
-                                                        ("state", "=", "ALIVE")], timeout=10)
-    return [(a.actor_id, a.pid) for a in alive if a.pid]
-
-
 def test_killing_the_units_driving_actor_mid_fine_tuning_changes_nothing(cluster, fault_free, demo_data_root,
                                                                          tmp_path):
     c, _ = cluster
     storage = tmp_path / "storage"
     log = tmp_path / "driver.log"
-    proc = _start(_argv(storage, demo_data_root, c.address), log)
     # the one process that drives every Train run (a thread per unit) dies once an epoch is stored:
     # Ray restarts it, the calls in flight are retried, their controllers and workers (owned by it)
     # go with it, and each unit resumes from its folder
-    _until(lambda: any((storage / "checkpoints").rglob("*.safetensors")) if (storage / "checkpoints").is_dir()
-           else False, proc, log)
+    proc = _start_and_wait_for_a_stored_epoch(storage, demo_data_root, c.address, log)
     from ray.util.state import get_actor
 
     drivers = _alive_actors(c.dashboard_url, "UnitDriver")
-    assert len(drivers) == 1, drivers
-    actor_id, pid = drivers[0]
-    os.kill(pid, signal.SIGKILL)
+    assert len(drivers) == 1 and drivers[0].pid, drivers
+    os.kill(drivers[0].pid, signal.SIGKILL)
     _wait(proc, log)
-    assert get_actor(actor_id, address=c.dashboard_url, timeout=10).num_restarts >= 1  # the fault did land
+    assert get_actor(drivers[0].actor_id, address=c.dashboard_url, timeout=10).num_restarts >= 1  # the fault did land
     pd.testing.assert_frame_equal(_results(storage), _results(fault_free), check_exact=False, rtol=1e-6)
     ours, theirs = _checkpoints(storage), _checkpoints(fault_free)
     assert [p.relative_to(storage) for p in ours] == [p.relative_to(fault_free) for p in theirs]
