@@ -17,7 +17,7 @@ import torch
 from pipeline.finetune import EWC, LwF, frozen_copy, train_task, world_info
 from pipeline.models import load_visual_state, visual_state
 from pipeline.scenario import Scenario
-from pipeline.storage import CheckpointStore, TrainState
+from pipeline.storage import CheckpointStore, TrainState, say, shown
 from pipeline.units import CHAINED, ChainUnit, recipe_from
 
 
@@ -65,12 +65,7 @@ def run_chain(
             state = store.load(task, scn.theta0)
             paths.append(store.task_file(task))
         if ewc is not None and i > 0 and not done and not ewc.fisher:
-            # resumed mid-chain: rebuild the Fisher of the finished tasks before going on
-            for prev in tasks[:i]:
-                _load(model, store.load(prev, scn.theta0))
-                head, lmap = scn.train_head(prev)
-                ewc.consolidate(model, _mapped(scn.train_loader([prev], cfg.seed, f.batch_size), lmap),
-                                head, torch.device(device), f.ewc_fisher_batches, batch_size=f.batch_size)
+            _resume_ewc(ewc, scn, store, model, tasks[:i], device)
         if done:
             if sequential:
                 _load(model, state)
@@ -115,17 +110,51 @@ def run_chain(
                            device=device, regularizer=regularizer, label_map=lmap, on_epoch_end=epoch_done,
                            save_state=save_state, resume=resume)
         if ewc is not None:
-            ewc.consolidate(model, _mapped(scn.train_loader([task], cfg.seed, f.batch_size), lmap), head,
-                            torch.device(device), f.ewc_fisher_batches, batch_size=f.batch_size)
+            _consolidate(ewc, scn, model, task, device)
+            if is_writer:
+                store.save_fisher(task, ewc.fisher)
         state = _state(model)
         if is_writer:
             store.save(task, state, metadata={"unit": unit.label, "task": str(task), **(metadata or {})})
+            if ewc is not None:
+                # only the last finished task's Fisher is needed to resume; none once the chain is done
+                for old in ([tasks[i - 1]] if i > 0 else []) + ([task] if task == tasks[-1] else []):
+                    store.drop_fisher(old)
         if task == tasks[0]:
             first_state = state
         paths.append(store.task_file(task))
         if on_task_done is not None:
             on_task_done(task, store.task_file(task), stats)
     return paths
+
+
+def _consolidate(ewc: EWC, scn: Scenario, model, task: int, device: str | torch.device) -> None:
+    """Fold ``task``'s Fisher into ``ewc`` from the weights ``model`` holds after the task."""
+    f = scn.cfg.finetune
+    head, lmap = scn.train_head(task)
+    ewc.consolidate(model, _mapped(scn.train_loader([task], scn.cfg.seed, f.batch_size), lmap), head,
+                    torch.device(device), f.ewc_fisher_batches, batch_size=f.batch_size,
+                    micro_batch_size=f.micro_batch_size)
+
+
+def _resume_ewc(ewc: EWC, scn: Scenario, store: CheckpointStore, model, finished: list[int],
+                device: str | torch.device) -> None:
+    """A chain resumed after ``finished``: the Fisher saved after the last of them, as an
+    uninterrupted chain holds it. Without that file (a run from before it existed, or a damaged
+    one) the Fisher is rebuilt task by task from their weights; the reference Fisher is then not
+    exactly the uninterrupted one (the official loop starts from the last training step's
+    gradient, which a checkpoint does not hold), and the log says so."""
+    saved = store.load_fisher(finished[-1])
+    if saved is not None:
+        ewc.restore(model, saved)  # model holds the last finished task's weights
+        return
+    if ewc.fisher_mode == "reference":
+        say(f"EWC: no saved Fisher after task {finished[-1]} in {shown(store.folder)}; rebuilding it from "
+            "the finished tasks' weights, without their last training step's gradient (the official "
+            "Fisher's first term): this chain's later tasks may differ slightly from an uninterrupted run")
+    for prev in finished:
+        _load(model, store.load(prev, scn.theta0))
+        _consolidate(ewc, scn, model, prev, device)
 
 
 def _mapped(loader, label_map):

@@ -95,39 +95,46 @@ class EWC:
         return 0.5 * self.lam * total
 
     def consolidate(self, model: ImageClassifier, batches: Iterable, head: torch.Tensor,
-                    device: torch.device, max_batches: int = 0, *, batch_size: int = 0) -> None:
+                    device: torch.device, max_batches: int = 0, *, batch_size: int = 0,
+                    micro_batch_size: int = 0) -> None:
         """Fold this task's Fisher into ``self.fisher`` (see the class) and re-anchor.
 
         ``batch_size``: the loader's batch size B of the reference normalisation (0: the first
         batch's size); ``max_batches`` (0: all) stops early, N then counts the samples used.
+        ``micro_batch_size``: samples per forward/backward, as in training (0: the whole batch,
+        halved on a CUDA out-of-memory error); a batch's gradient is the same either way.
         """
         params = {n: p for n, p in model.visual.named_parameters() if p.requires_grad}
+        grads = _BatchGradients(model, list(params.values()), head, device, micro_batch_size)
         if self.fisher_mode == "reference":
-            fisher = self._reference_fisher(model, params, batches, head, device, max_batches, batch_size)
+            fisher = self._reference_fisher(model, params, batches, grads, max_batches, batch_size)
             for n in fisher:
                 old = self.fisher[n] if n in self.fisher else torch.zeros_like(fisher[n])
                 self.fisher[n] = 0.5 * old + (1 - 0.5) * fisher[n]
         else:
-            fisher = self._empirical_fisher(model, params, batches, head, device, max_batches)
+            fisher = self._empirical_fisher(model, params, batches, grads, max_batches)
             for n in fisher:
                 self.fisher[n] = self.fisher[n] + fisher[n] if n in self.fisher else fisher[n]
         self.anchor = {n: p.detach().clone() for n, p in params.items()}
 
+    def restore(self, model: ImageClassifier, fisher: dict[str, torch.Tensor]) -> None:
+        """Continue after the task whose weights ``model`` holds, with the Fisher saved after it
+        (``consolidate``'s result, as written by the chain): what an uninterrupted chain holds."""
+        self.fisher = dict(fisher)
+        self.anchor = {n: p.detach().clone() for n, p in model.visual.named_parameters() if p.requires_grad}
+
     @staticmethod
     def _empirical_fisher(model: ImageClassifier, params: dict[str, nn.Parameter], batches: Iterable,
-                          head: torch.Tensor, device: torch.device, max_batches: int) -> dict[str, torch.Tensor]:
+                          grads: _BatchGradients, max_batches: int) -> dict[str, torch.Tensor]:
         fisher = {n: torch.zeros_like(p) for n, p in params.items()}
         count = 0
         model.eval()
         for i, (images, labels) in enumerate(batches):
             if max_batches and i >= max_batches:
                 break
-            images, labels = images.to(device), labels.to(device)
-            model.zero_grad(set_to_none=True)
-            F.cross_entropy(model(images, head), labels).backward()
-            for n, p in params.items():
-                if p.grad is not None:
-                    fisher[n] += p.grad.detach() ** 2
+            for n, g in zip(params, grads(images, labels)):
+                if g is not None:
+                    fisher[n] += g ** 2
             count += 1
         model.zero_grad(set_to_none=True)
         for n in fisher:
@@ -136,8 +143,7 @@ class EWC:
 
     @staticmethod
     def _reference_fisher(model: ImageClassifier, params: dict[str, nn.Parameter], batches: Iterable,
-                          head: torch.Tensor, device: torch.device, max_batches: int,
-                          batch_size: int) -> dict[str, torch.Tensor]:
+                          grads: _BatchGradients, max_batches: int, batch_size: int) -> dict[str, torch.Tensor]:
         """The official loop, operation for operation (fp32, no autocast: as the official code)."""
         fisher = {n: torch.zeros_like(p) for n, p in params.items()}
         seen = 0
@@ -145,11 +151,15 @@ class EWC:
         for i, (images, _labels) in enumerate(batches):
             if max_batches and i >= max_batches:
                 break
-            images = images.to(device)
-            outputs = model(images, head)
-            preds = outputs.argmax(1)
-            # no zero_grad: the official loop leaves it commented out, so gradients accumulate
-            F.cross_entropy(outputs, preds).backward()
+            # labels: the model's own argmax; no zero_grad: the official loop leaves it commented
+            # out, so each batch's gradient adds to what .grad holds (as backward() would)
+            for (n, p), g in zip(params.items(), grads(images, None)):
+                if g is None:
+                    continue
+                if p.grad is None:
+                    p.grad = g
+                else:
+                    p.grad.add_(g)
             for n, p in params.items():
                 if p.grad is not None:
                     fisher[n] += p.grad.detach().pow(2) * len(images)
@@ -162,6 +172,48 @@ class EWC:
             return fisher
         n_samples = (seen // batch_size + 1) * batch_size
         return {n: f / n_samples for n, f in fisher.items()}
+
+
+class _BatchGradients:
+    """The gradient of one batch's mean cross-entropy, computed in micro batches.
+
+    ``labels`` None: the model's own argmax (the reference Fisher). A micro batch as large as the
+    batch is one ``cross_entropy`` mean, as the official loop computes it; smaller ones sum
+    ``Σ CE_i / n`` over the parts. With ``micro`` 0 the whole batch is tried first and halved on a
+    CUDA out-of-memory error: the partial gradient is dropped and the batch redone, so a retry
+    never adds to ``.grad`` twice (the gradients are returned, not accumulated into ``.grad``).
+    """
+
+    def __init__(self, model: ImageClassifier, params: list[nn.Parameter], head: torch.Tensor,
+                 device: torch.device, micro: int) -> None:
+        self.model, self.params, self.device = model.to(device), params, device
+        self.head = head.to(device)
+        self.auto, self.micro = micro <= 0, max(micro, 0)
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor | None) -> list[torch.Tensor | None]:
+        while True:
+            try:
+                return self._gradient(images, labels, self.micro or len(images))
+            except torch.cuda.OutOfMemoryError:
+                if not self.auto or (self.micro or len(images)) <= 1:
+                    raise
+            torch.cuda.empty_cache()
+            self.micro = max(1, (self.micro or len(images)) // 2)
+
+    def _gradient(self, images: torch.Tensor, labels: torch.Tensor | None, micro: int) -> list[torch.Tensor | None]:
+        n = len(images)
+        total: list[torch.Tensor | None] = [None] * len(self.params)
+        for start in range(0, n, micro):
+            x = images[start:start + micro].to(self.device)
+            outputs = self.model(x, self.head)
+            y = outputs.argmax(1) if labels is None else torch.as_tensor(labels[start:start + micro]).to(self.device)
+            loss = F.cross_entropy(outputs, y) if micro >= n else F.cross_entropy(outputs, y, reduction="sum") / n
+            parts = torch.autograd.grad(loss, self.params, allow_unused=True)
+            for j, g in enumerate(parts):
+                if g is not None:
+                    total[j] = g if total[j] is None else total[j] + g
+        return total
+
 
 def _autocast(device: torch.device, precision: str):
     """The forward's numerics: fp32 (no autocast), or bf16/fp16 autocast; "auto" is bf16 on GPU."""

@@ -221,3 +221,46 @@ def test_checkpoint_key_separates_the_fisher_modes():
     s = emp.scenarios[0]
     assert checkpoint_key(emp, s, "ewc") != checkpoint_key(ref, s, "ewc")
     assert checkpoint_key(emp, s, "seq") == checkpoint_key(ref, s, "seq")
+
+
+@pytest.mark.parametrize("mode", ["reference", "empirical"])
+def test_a_micro_batched_fisher_equals_the_whole_batch_one(mode):
+    # a Fisher pass in micro batches (a large backbone on a small GPU) is the same Fisher: each
+    # batch's gradient is the sum of its parts' Σ CE_i / n, whatever the split
+    model, head = small_model()
+    train_task(model, list(loader(24, 8, seed=2)), head, Recipe(lr=1e-2, epochs=1, warmup_steps=1, grad_clip=1.0),
+               steps_per_epoch=3)
+    data = loader(20, 8, seed=4)
+    whole = EWC(lam=1.0, fisher_mode=mode)
+    whole.consolidate(twin(model), data, head, DEV, batch_size=8)
+    for micro in (3, 1):
+        parts = EWC(lam=1.0, fisher_mode=mode)
+        parts.consolidate(twin(model), data, head, DEV, batch_size=8, micro_batch_size=micro)
+        for n, want in whole.fisher.items():  # float32 rounding of sums taken in another order
+            scale = float(want.abs().max())
+            torch.testing.assert_close(parts.fisher[n], want, rtol=1e-3, atol=1e-5 * scale)
+
+
+def test_an_out_of_memory_fisher_batch_is_redone_in_halves_not_added_twice():
+    model, head = small_model()
+    train_task(model, list(loader(24, 8, seed=2)), head, Recipe(lr=1e-2, epochs=1, warmup_steps=1, grad_clip=1.0),
+               steps_per_epoch=3)
+    data = loader(16, 8, seed=5)
+    want = EWC(lam=1.0, fisher_mode="reference")
+    want.consolidate(twin(model), data, head, DEV, batch_size=8, micro_batch_size=4)
+
+    small = twin(model)
+    forward, sizes = small.forward, []
+
+    def forward_that_fails_on_big_parts(images, head):
+        sizes.append(len(images))
+        out = forward(images, head)
+        if len(images) > 4:  # after the forward: the failed part's graph exists, as on a GPU
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return out
+
+    small.forward = forward_that_fails_on_big_parts
+    got = EWC(lam=1.0, fisher_mode="reference")
+    got.consolidate(small, data, head, DEV, batch_size=8)
+    assert sizes == [8, 4, 4, 4, 4]  # the first batch failed whole, then halves from there on
+    assert_same(got.fisher, want.fisher)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import os
 from pathlib import Path
 
 import pytest
@@ -34,8 +36,22 @@ def _crash_at(task: int, epoch: int):
     return hook
 
 
-@pytest.mark.parametrize("mode", ["seq", "lwf"])
+def _with_fisher(scn, fisher: str):
+    """The same scenario with ``finetune.ewc_fisher`` set (the chain reads it from ``scn.cfg``)."""
+    from dataclasses import replace
+
+    other = copy.copy(scn)
+    other.cfg = replace(scn.cfg, finetune=replace(scn.cfg.finetune, ewc_fisher=fisher))
+    return other
+
+
+@pytest.mark.parametrize("mode", ["seq", "lwf", "ewc", "ewc_reference"])
 def test_a_chain_killed_mid_task_resumes_to_the_same_weights(scn, tmp_path, mode):
+    if mode.startswith("ewc"):
+        # the reference Fisher starts from the last training step's gradient: a resumed chain
+        # must read the Fisher saved after task 0, it cannot rebuild it from the weights
+        scn = _with_fisher(scn, "reference" if mode == "ewc_reference" else "empirical")
+        mode = "ewc"
     unit = ChainUnit(scn.scenario, mode, (0, 1))
     clean = run_chain(scn, unit, tmp_path / "clean")
 
@@ -43,17 +59,31 @@ def test_a_chain_killed_mid_task_resumes_to_the_same_weights(scn, tmp_path, mode
     with pytest.raises(Crash):
         run_chain(scn, unit, store.folder, on_epoch_done=_crash_at(1, 1))
     assert store.has(0) and not store.has(1)
+    assert os.path.exists(store.fisher_file(0)) == (mode == "ewc")
     saved = store.load_epoch(1, scn.theta0)
     assert saved is not None and saved.epoch == 1  # the second epoch was lost, the first kept
 
     epochs_run = []
     resumed = run_chain(scn, unit, store.folder, on_epoch_done=lambda t, e, loss: epochs_run.append((t, e)))
     assert epochs_run == [(1, 1), (1, 2)]  # only what was lost is redone
-    assert not pytest.importorskip("os").path.exists(store.epoch_file(1))
+    assert not os.path.exists(store.epoch_file(1))
+    assert not any(os.path.exists(store.fisher_file(t)) for t in (0, 1))  # a finished chain keeps none
     for a, b in zip(clean, resumed):
         want, got = read_tensors(a), read_tensors(b)
         for key in want:
             torch.testing.assert_close(got[key], want[key], rtol=1e-6, atol=1e-7, msg=key)
+
+
+def test_an_ewc_chain_without_its_saved_fisher_rebuilds_it_and_says_so(scn, tmp_path, capsys):
+    scn = _with_fisher(scn, "reference")
+    unit = ChainUnit(scn.scenario, "ewc", (0, 1))
+    store = CheckpointStore(tmp_path / "u")
+    with pytest.raises(Crash):
+        run_chain(scn, unit, store.folder, on_epoch_done=_crash_at(1, 0))
+    os.remove(store.fisher_file(0))  # as a run written before the Fisher was kept
+    run_chain(scn, unit, store.folder)
+    assert store.has(1)
+    assert "EWC: no saved Fisher after task 0" in capsys.readouterr().err
 
 
 def test_a_finished_chain_is_not_trained_again(scn, tmp_path):

@@ -3,8 +3,10 @@
 A unit's folder (``<storage>/checkpoints/<key>``) holds one ``task_NNN.safetensors`` per
 finished task and, while a task trains, ``task_NNN.epoch.safetensors``: the weights, optimizer
 moments and epoch counter after the last finished epoch, so a restarted worker resumes
-mid-task instead of from the task's start. A damaged file is moved aside and its task computed
-again (``integrity.discard``).
+mid-task instead of from the task's start. An EWC unit also keeps ``task_NNN.fisher.safetensors``
+of its last finished task: the Fisher the next task's penalty uses, which a resumed chain cannot
+rebuild exactly (the official Fisher starts from the last training step's gradient). A damaged
+file is moved aside and its task computed again (``integrity.discard``).
 """
 
 from __future__ import annotations
@@ -45,6 +47,9 @@ class CheckpointStore:
 
     def epoch_file(self, task: int) -> str:
         return join(self.folder, f"task_{task:03d}.epoch.safetensors")
+
+    def fisher_file(self, task: int) -> str:
+        return join(self.folder, f"task_{task:03d}.fisher.safetensors")
 
     # -- finished tasks ------------------------------------------------------------------------
 
@@ -89,6 +94,28 @@ class CheckpointStore:
 
     def metadata(self, task: int) -> dict[str, str]:
         return read_metadata(self.task_file(task))
+
+    # -- EWC's Fisher after a task -------------------------------------------------------------
+
+    def save_fisher(self, task: int, fisher: Mapping[str, torch.Tensor]) -> None:
+        """Keep the Fisher after ``task`` (the chain writes it before the task's checkpoint, and
+        drops the previous task's only after, so the last finished task always has one)."""
+        write_tensors(fisher, self.fisher_file(task), {"task": str(task)})
+
+    def load_fisher(self, task: int) -> StateDict | None:
+        """The Fisher saved after ``task``, or None when there is none or it is damaged (moved
+        aside and said: the chain then rebuilds it from the task's weights)."""
+        path = self.fisher_file(task)
+        if not exists(path):
+            return None
+        try:
+            return read_tensors(path)
+        except DamagedFileError as err:
+            discard(err, path, "its Fisher is computed again from the task's weights")
+            return None
+
+    def drop_fisher(self, task: int) -> None:
+        delete(self.fisher_file(task))
 
     # -- mid-task state ------------------------------------------------------------------------
 
