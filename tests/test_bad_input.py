@@ -398,4 +398,36 @@ def test_no_credentials_in_saved_config_or_result_rows(tmp_path, monkeypatch):
     write_unit(rows, tmp_path / "results" / "final.parquet")
     blob = (tmp_path / "results" / "final.parquet").read_bytes()
     assert SECRET.encode() not in blob and KEY_ID.encode() not in blob
+    # a unit's error, as progress.json, failures.json and the log get it, may quote a storage path
+    from pipeline.orchestration.scenario_results import short_error
+
+    line = short_error(RuntimeError(f"task failed\nOSError: When reading s3://{KEY_ID}:{SECRET}@bucket/runs/x: denied"))
+    assert SECRET not in line and KEY_ID not in line and "s3://***@bucket/runs/x" in line
     assert backbone == "ViT-B-16/https://***@models.example/vit.safetensors"
+
+
+def test_summary_json_is_rewritten_only_when_it_changes(tmp_path, monkeypatch):
+    # a finished run (one seed or several) on read-only storage reruns: the same summary, its
+    # wall time aside, is not written again; a write that fails after nothing new was computed
+    # is said, not raised
+    import json
+
+    from pipeline import storage
+    from pipeline.orchestration.runner import _write_summary
+
+    said = []
+    _write_summary(str(tmp_path), {"magmax": 0.5, "wall_seconds": 10.0}, said.append, finished=False)
+    path = tmp_path / "summary.json"
+    stamp = path.stat().st_mtime_ns
+
+    def refuse(p, *_a, **_k):
+        raise PermissionError(f"read-only: {p}")
+
+    monkeypatch.setattr(storage, "write_text", refuse)
+    _write_summary(str(tmp_path), {"magmax": 0.5, "wall_seconds": 3.0}, said.append, finished=True)
+    assert path.stat().st_mtime_ns == stamp and not said
+    _write_summary(str(tmp_path), {"magmax": 0.6, "wall_seconds": 3.0}, said.append, finished=True)
+    assert said and "not rewritten" in said[0]
+    with pytest.raises(PermissionError):
+        _write_summary(str(tmp_path), {"magmax": 0.6, "wall_seconds": 3.0}, said.append, finished=False)
+    assert json.loads(path.read_text())["magmax"] == 0.5

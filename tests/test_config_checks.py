@@ -30,6 +30,9 @@ from pipeline.config import ConfigError, load_config
     ("ray.eval_cpus=0", "ray.eval_cpus"),
     ("scenarios.3.tasks=2", r"scenarios.3.tasks: scenarios has 1 entry"),
     ("scenarios.x.tasks=2", "unknown config key 'scenarios.x.tasks'"),
+    ("finetune.lr=[1,", r"finetune.lr: the value '\[1,' is not valid YAML at character 4"),
+    ("finetune={lr: 1", "finetune: the value .* is not valid YAML"),
+    ("name=d\udce9mo", "name: the value is not UTF-8 text"),  # (bytes the shell passed, not UTF-8)
 ])
 def test_a_bad_value_names_its_key(override, key):
     with pytest.raises(ConfigError, match=key) as err:

@@ -126,6 +126,28 @@ def test_changed_data_never_reuses_a_checkpoint(tmp_path):
     assert checkpoint_key(cfg, cfg.scenarios[0], "seq") != before["cifar100"]
 
 
+def test_sweep_records_follow_the_data_not_where_it_or_the_storage_lies(tmp_path):
+    # the λ sweep's records (<storage>/ray_tune/<name>/trials) are found again after a move and
+    # under other Ray settings, and never after the data changed (even with the run folder deleted)
+    from pipeline.orchestration.scenario_results import sweep_name
+
+    a = _data(tmp_path / "mount_a")
+    b = tmp_path / "elsewhere" / "mount_b"
+    shutil.copytree(a, b)
+    trials = [{"method": "magmax", "lam": 0.5, "role": "final"}]
+    cfg = _cfg(a, tmp_path / "storage")
+    name = sweep_name(cfg, cfg.scenarios[1], trials)
+    moved = _cfg(b, tmp_path / "moved_storage", "ray.num_workers=2", "ray.tune_sweep=false")
+    assert sweep_name(moved, moved.scenarios[1], trials) == name
+    assert sweep_name(cfg, cfg.scenarios[1], [{**trials[0], "lam": 0.7}]) != name
+    assert sweep_name(_cfg(a, tmp_path / "storage", "merge.magmax_lambda=0.7"), cfg.scenarios[1], trials) != name
+
+    for split in ("train", "test"):
+        shutil.rmtree(a / "my_photos" / split / "class_3")
+    fingerprint.clear_cache()
+    assert sweep_name(cfg, cfg.scenarios[1], trials) != name
+
+
 def test_templates_reach_the_key(tmp_path):
     # the zero-shot head is made from the templates and trains with the image tower: other weights
     root = _data(tmp_path / "data")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 
-from pipeline.orchestration.lease import LEASE_FILE, Leases
+from pipeline.orchestration.lease import LEASE_FILE, LOCK_FILE, Leases
 
 
 def test_one_holder_at_a_time(tmp_path):
@@ -78,4 +78,38 @@ def test_runs_packed_into_one_folder_each_hold_their_own_lease(tmp_path):
     assert b.holder(folder, "ind-2_3")["owner"] == "a"
     a.release_all()
     assert b.acquire(folder, "ind-2_3")
-    assert sorted(p.name for p in (tmp_path / "ind").iterdir()) == ["lease-ind-0_1.json", "lease-ind-2_3.json"]
+    assert sorted(p.name for p in (tmp_path / "ind").iterdir()) == [LOCK_FILE, "lease-ind-0_1.json",
+                                                                     "lease-ind-2_3.json"]
+
+
+def test_drivers_racing_for_an_expired_lease_leave_exactly_one_holder(tmp_path):
+    # without the lock, two drivers that both read the expired lease could each delete and
+    # create it, the second deleting the first's fresh lease: both would train the unit
+    import threading
+
+    for round_ in range(30):
+        unit = str(tmp_path / f"unit{round_}")
+        assert Leases(owner="dead", ttl_s=0.0).acquire(unit)  # expired at once
+        drivers = [Leases(owner=f"d{i}") for i in range(6)]
+        won, start = [], threading.Barrier(len(drivers))
+
+        def race(d: Leases) -> None:
+            start.wait()
+            if d.acquire(unit):
+                won.append(d.owner)
+
+        threads = [threading.Thread(target=race, args=(d,)) for d in drivers]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(won) == 1, won
+        assert Leases(owner="x").holder(unit)["owner"] == won[0]
+
+
+def test_a_renewal_never_overwrites_a_lease_another_driver_took_over(tmp_path):
+    late, other = Leases(owner="late", ttl_s=0.0), Leases(owner="other", ttl_s=60)
+    unit = str(tmp_path / "unit")
+    assert late.acquire(unit) and other.acquire(unit)  # late's lease expired at once
+    late.renew()
+    assert other.holder(unit)["owner"] == "other" and not late.held

@@ -283,11 +283,15 @@ def test_an_interrupted_sweep_resumes_from_its_records_and_runs_no_pickle(scn, r
     assert len(records) == 2  # the two finished trials
     stamps = {p.name: p.stat().st_mtime_ns for p in records}
 
-    # whoever can write the storage plants pickles wherever Tune keeps state
+    # Tune's own state (pickles of the config) never reaches storage: only the JSON records
+    assert sorted(p.relative_to(exp).parts[0] for p in exp.rglob("*") if p.is_file()) == ["trials"] * 2
+
+    # whoever can write the storage plants pickles wherever Tune would keep its state
     marker = tmp_path / "planted-pickle-ran"
     payload = pickle.dumps(_Planted(str(marker)))
-    tune_dirs = [d for d in exp.iterdir() if d.is_dir() and d.name != "trials"]
-    assert tune_dirs
+    tune_dirs = [exp / "tune-planted", exp / "tune-planted" / "trial_0"]
+    for d in tune_dirs:
+        d.mkdir(parents=True, exist_ok=True)
     for d in [exp, *tune_dirs]:
         for name in ("tuner.pkl", "trainable.pkl", "experiment_state.pkl"):
             (d / name).write_bytes(payload)

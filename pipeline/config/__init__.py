@@ -25,7 +25,7 @@ from pipeline.storage.paths import redact
 __all__ = ["BenchmarkConfig", "ConfigError", "DatasetConfig", "FinetuneConfig", "MergeConfig", "ModelConfig",
            "RayConfig", "ScenarioConfig", "DATASET_KINDS", "KNOWN_ANALYSES", "MERGE_POSTS", "PROFILES",
            "SCENARIO_KINDS", "config_hash", "config_yaml", "from_dict", "load_config", "load_suite",
-           "parse_overrides", "read_yaml", "redact", "save_config", "scenario_methods", "to_dict", "validate"]
+           "parse_overrides", "read_yaml", "redact", "result_identity", "save_config", "scenario_methods", "to_dict", "validate"]
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> BenchmarkConfig:
@@ -93,6 +93,18 @@ def config_hash(cfg: Any) -> str:
     """A short stable hash of a config (or any config part)."""
     blob = json.dumps(to_dict(cfg), sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def result_identity(cfg: BenchmarkConfig) -> dict:
+    """The config minus what cannot change results: how Ray runs it, where storage and data are
+    (the data's content is compared through its fingerprint instead)."""
+    tree = to_dict(cfg)
+    tree.pop("ray")
+    tree.pop("storage")  # a run folder copied or mounted elsewhere is the same run
+    tree.pop("data_root")  # the same data under another path is the same data
+    for entry in tree["datasets"]:
+        entry.pop("folder")  # (where a declared dataset lies under data_root: its content counts)
+    return tree
 
 
 def save_config(cfg: BenchmarkConfig, path: str | Path) -> Path:

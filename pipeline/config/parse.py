@@ -165,7 +165,18 @@ def parse_overrides(overrides: Sequence[str]) -> list[tuple[str, Any]]:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key=value")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw != "" else ""
+        try:
+            raw.encode("utf-8")
+        except UnicodeEncodeError:  # (the shell passed bytes that are not UTF-8: surrogate escapes)
+            raise ConfigError(f"{key.strip()}: the value is not UTF-8 text") from None
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            at = f" at character {mark.column + 1}" if mark is not None else ""
+            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise ConfigError(f"{key.strip()}: the value {raw!r} is not valid YAML{at} ({problem}); "
+                              f"quote a string, close a list or a mapping") from None
         if isinstance(value, float) and raw.strip().lower() in ("nan", ".nan"):
             raise ConfigError(f"{key}: NaN is not a valid value")
         out.append((key.strip(), value))

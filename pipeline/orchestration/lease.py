@@ -1,10 +1,12 @@
 """Leases on fine-tuning units, so that drivers sharing one storage share the work.
 
-A lease is a small JSON file ``<unit folder>/lease.json`` (owner, expiry) created atomically:
-with ``O_CREAT | O_EXCL`` on a local or shared filesystem, and on object stores by writing it
-when absent and reading it back (pyarrow offers no conditional put, so two drivers racing within
-one round trip may both train the unit: the writes are atomic and content-addressed, so the cost
-is time, never a wrong file). The holder renews its leases while its units train; a driver that
+A lease is a small JSON file ``<unit folder>/lease.json`` (owner, expiry). On a local or shared
+filesystem every look-and-write (take, take over an expired one, renew, release) holds an
+exclusive ``flock`` on the folder's ``.leases.lock`` (kept: removing a lock file
+while another driver waits on it would break the lock), so two drivers never both hold a unit, also
+when both find the same expired lease. On object stores it is written when absent and read back
+(pyarrow offers no conditional put, so two drivers racing within one round trip may both train
+the unit: the writes are atomic and content-addressed, so the cost is time, never a wrong file). The holder renews its leases while its units train; a driver that
 dies stops renewing, and after ``ttl_s`` another driver takes the unit over and resumes it from
 its last stored epoch; a lease whose holder ran on this host under a process id that no longer
 exists is stale at once (a killed driver rerun on the same machine does not wait out the TTL).
@@ -16,16 +18,20 @@ so that the first run to finish releases only its own.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import socket
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from pipeline import storage
 
 LEASE_FILE = "lease.json"
+LOCK_FILE = ".leases.lock"
 
 
 @dataclass
@@ -62,21 +68,13 @@ class Leases:
         path = self._path(folder, part)
         if path in self.held:
             return True
-        current = self.holder(folder, part)
-        if current is not None and current["owner"] != self.owner:
-            return False
-        if current is None and storage.exists(path):
-            storage.delete(path)  # expired or damaged: free for whoever creates it first
-        if not storage.is_uri(path):
-            try:
-                os.makedirs(os.path.dirname(path), exist_ok=True)
-                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
+        with _exclusive(path):
+            current = self.holder(folder, part)
+            if current is not None and current["owner"] != self.owner:
                 return False
-            with os.fdopen(fd, "w") as f:
-                f.write(self._record())
-        else:
+            # none, expired or damaged: ours (an atomic replace; under the lock on a filesystem)
             storage.write_text(path, self._record())
+        if storage.is_uri(path):
             current = self.holder(folder, part)
             if current is None or current["owner"] != self.owner:
                 return False
@@ -84,20 +82,44 @@ class Leases:
         return True
 
     def renew(self) -> None:
-        """Push the expiry of every held lease ``ttl_s`` ahead (call well within ``ttl_s``)."""
-        for path in list(self.held):
-            storage.write_text(path, self._record())
+        """Push the expiry of every held lease ``ttl_s`` ahead (call well within ``ttl_s``). A
+        lease another driver took over meanwhile (this one missed its expiry) is left to it."""
+        for path, (folder, part) in list(self.held.items()):
+            with _exclusive(path):
+                current = self.holder(folder, part)
+                if current is not None and current["owner"] != self.owner:
+                    del self.held[path]
+                    continue
+                storage.write_text(path, self._record())
 
     def release(self, folder: str, part: str = "") -> None:
         path = self._path(folder, part)
         if self.held.pop(path, None) is not None:
-            current = self.holder(folder, part)
-            if current is None or current["owner"] == self.owner:
-                storage.delete(path)
+            with _exclusive(path):
+                current = self.holder(folder, part)
+                if current is None or current["owner"] == self.owner:
+                    storage.delete(path)
 
     def release_all(self) -> None:
         for folder, part in list(self.held.values()):
             self.release(folder, part)
+
+
+@contextlib.contextmanager
+def _exclusive(path: str) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``.leases.lock`` in the lease's folder (a local or shared
+    filesystem; nothing on an object store, which has no locks)."""
+    if storage.is_uri(path):
+        yield
+        return
+    folder = os.path.dirname(path) or "."
+    os.makedirs(folder, exist_ok=True)
+    fd = os.open(os.path.join(folder, LOCK_FILE), os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # (closing releases the lock)
 
 
 def _dead_here(owner: str) -> bool:

@@ -23,7 +23,8 @@ import yaml
 
 from pipeline import methods as method_table
 from pipeline import storage
-from pipeline.config import (BenchmarkConfig, ConfigError, ScenarioConfig, config_yaml, from_dict, redact, to_dict)
+from pipeline.config import (BenchmarkConfig, ConfigError, ScenarioConfig, config_yaml, from_dict, redact,
+                             result_identity, to_dict)
 from pipeline.data import DatasetNotFoundError, fingerprint, load_dataset, registry
 from pipeline.data.demo_world import write_image_folder
 from pipeline.data.synthetic import TINY_WRITERS, write_tiny_datasets
@@ -169,18 +170,6 @@ def record_data(cfg: BenchmarkConfig, run_dir: str) -> None:
         storage.write_text(storage.join(run_dir, DATA_RECORD), text)
 
 
-def _result_identity(cfg: BenchmarkConfig) -> dict:
-    """The config minus what cannot change results: how Ray runs it, where storage and data are
-    (the data's content is compared through the run's data record instead)."""
-    tree = to_dict(cfg)
-    tree.pop("ray")
-    tree.pop("storage")  # a run folder copied or mounted elsewhere is the same run
-    tree.pop("data_root")  # the same data under another path is the same data
-    for entry in tree["datasets"]:
-        entry.pop("folder")  # (where a declared dataset lies under data_root: its content counts)
-    return tree
-
-
 def check_run_dir(cfg: BenchmarkConfig, run_dir: str) -> None:
     """Refuse to mix results of two configs, or of two versions of the data, under one run name
     (a rerun would skip stale parts). The data is compared by content fingerprint where both the
@@ -194,8 +183,8 @@ def check_run_dir(cfg: BenchmarkConfig, run_dir: str) -> None:
     except ConfigError as err:
         raise ConfigError(f"{path} is not a config this version can read ({err}); choose another name= "
                           f"or storage=, or delete that run folder") from err
-    saved = redact(_result_identity(saved_cfg))
-    mine = redact(_result_identity(cfg))  # config.yaml is saved with URI credentials redacted
+    saved = redact(result_identity(saved_cfg))
+    mine = redact(result_identity(cfg))  # config.yaml is saved with URI credentials redacted
     diff = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k))
     record = _read_data_record(run_dir)
     if record is None:
@@ -246,7 +235,7 @@ def run_seeds(cfg: BenchmarkConfig, log: Log = print) -> dict[str, Any]:
         per_seed[seed] = _run_one_seed(replace(cfg, seed=seed, seeds=(), name=f"{cfg.name}/seed-{seed}"), log)
     summary = seed_summary(per_seed)
     summary["wall_seconds"] = round(time.time() - start, 1)
-    storage.write_text(storage.join(run_dir, "summary.json"), json.dumps(summary, indent=2))
+    _write_summary(run_dir, summary, log, finished=True)  # (a seed that failed raised above)
     return summary
 
 
@@ -321,13 +310,28 @@ def _run_one_seed(cfg: BenchmarkConfig, log: Log = print) -> dict[str, Any]:
     summary["fine_tuned_tasks"] = 0 if all(plan.scenarios_done.values()) else \
         sum(len(u.unit.outputs) - len(u.cached) for u in plan.pending)
     summary["failures"] = failures
+    _write_summary(run_dir, summary, log, finished=not plan.pending and all(plan.scenarios_done.values()))
+    return summary
+
+
+def _write_summary(run_dir: str, summary: dict[str, Any], log: Log, *, finished: bool) -> None:
+    """Write ``summary.json`` unless the one there says the same (its wall time aside), so a
+    finished run on read-only storage reruns and reports; a failed write of a run that computed
+    nothing new is said, not raised."""
+    path = storage.join(run_dir, "summary.json")
+    timeless = lambda d: {k: v for k, v in d.items() if k != "wall_seconds"}  # noqa: E731
     try:
-        storage.write_text(storage.join(run_dir, "summary.json"), json.dumps(summary, indent=2))
+        if storage.exists(path) and timeless(json.loads(storage.read_text(path))) == timeless(
+                json.loads(json.dumps(summary))):
+            return
+    except ValueError:  # (a damaged summary is written again)
+        pass
+    try:
+        storage.write_text(path, json.dumps(summary, indent=2))
     except OSError as err:
-        if plan.pending or not all(plan.scenarios_done.values()):
+        if not finished:
             raise
         log(f"summary.json not rewritten ({type(err).__name__}: the storage is read-only?); the results stand")
-    return summary
 
 
 def _capacity(cfg: BenchmarkConfig) -> int:

@@ -29,7 +29,9 @@ import ray
 
 from pipeline import analysis, merging, metrics, storage
 from pipeline import methods as method_table
-from pipeline.config import BenchmarkConfig, ScenarioConfig, config_hash, scenario_methods
+from pipeline.config import (BenchmarkConfig, ScenarioConfig, config_hash, redact, result_identity,
+                             scenario_methods)
+from pipeline.data import fingerprint
 from pipeline.methods import MergeContext
 from pipeline.orchestration.evaluate import evaluate_many, put_eval_data
 from pipeline.orchestration.figures import evaluate_items, figure_rows
@@ -132,9 +134,11 @@ def run_scenario(cfg: BenchmarkConfig, scenario: ScenarioConfig, run_dir: str,
 
 
 def short_error(err: Exception) -> str:
+    """One line of ``err`` for logs, ``progress.json`` and ``failures.json``: credentials in any
+    URI it quotes (a Ray error may quote a storage path) become ``***``."""
     text = str(err).strip().splitlines()
     tail = [line for line in text if "Error" in line]
-    return (tail[-1] if tail else text[-1] if text else type(err).__name__)[:500]
+    return redact(tail[-1] if tail else text[-1] if text else type(err).__name__)[:500]
 
 
 def _row_name(name: str) -> str:
@@ -285,6 +289,16 @@ def _trials(cfg: BenchmarkConfig, methods: Sequence[str], merged: dict[str, Any]
     return trials
 
 
+def sweep_name(cfg: BenchmarkConfig, scenario: ScenarioConfig, trials: list[dict[str, Any]]) -> str:
+    """The folder of a scenario's sweep records, named by what its results depend on: the config
+    minus where storage and data are and how Ray runs (``result_identity``), the content
+    fingerprints of the scenario's datasets, and the trial grid. So a storage folder moved
+    elsewhere, or the same data under another path, finds its records; changed data never does."""
+    data = redact({n: fingerprint.dataset_fingerprint(n, cfg.data_root, cfg.datasets) for n in scenario.members})
+    key = config_hash([redact(result_identity(cfg)), data, trials])
+    return f"sweep-{cfg.name.replace('/', '_')}-{scenario.label.replace('/', '_')}-{key}"
+
+
 def _sweep(cfg: BenchmarkConfig, scenario: ScenarioConfig, merged: dict[str, Any], trials: list[dict[str, Any]],
            workers: int, data: ray.ObjectRef, log: Log) -> list[dict[str, Any]]:
     t0 = time.time()  # (data: as in _evaluate, so that no trial decodes the dataset again)
@@ -292,8 +306,7 @@ def _sweep(cfg: BenchmarkConfig, scenario: ScenarioConfig, merged: dict[str, Any
         # named by config and trial grid: a rerun reads the records of this grid's finished trials;
         # one Tune trial per evaluation slot, each evaluating a group of (method, λ) pairs
         swept = run_sweep(cfg, scenario, merged, trials, storage.join(cfg.storage, "ray_tune"),
-                          f"sweep-{cfg.name.replace('/', '_')}-{scenario.label.replace('/', '_')}-{config_hash([cfg, trials])}",
-                          groups=workers, data=data)
+                          sweep_name(cfg, scenario, trials), groups=workers, data=data)
     else:
         # the same trials as evaluation tasks: their warm workers skip Tune's per-scenario actors
         grid = [("tau", merged[tr["method"]], tr["lam"]) for tr in trials]

@@ -12,7 +12,9 @@ so anyone who can write the storage could run code in the driver. Instead every 
 (method, λ, role) records its result as a small JSON file (data, not code) under
 ``<sweep>/trials/`` as soon as it is evaluated; the grid is a function of the config, so a rerun
 evaluates only what has no record, in a Tune experiment of its own that this driver creates in
-this run.
+this run. That experiment's own files (``tuner.pkl``, ``trainable.pkl``, trial ``params.pkl``:
+pickles holding the config, storage URI included) go to a scratch folder on the driver's node,
+removed after the sweep, never to the run's storage: storage holds only the JSON records.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
+import tempfile
 import uuid
 from typing import Any
 
@@ -138,16 +142,21 @@ def run_sweep(cfg: BenchmarkConfig, scenario: ScenarioConfig, merged_refs: dict[
                                  trials=by_id, data=data),
             res,
         )
-        # a name of its own per driver run: Tune's state from earlier runs is never looked at
-        tuner = tune.Tuner(
-            trainable,
-            param_space={"group": tune.grid_search(group_pairs(todo, max(1, groups)))},
-            tune_config=tune.TuneConfig(reuse_actors=True),
-            run_config=tune.RunConfig(name=f"tune-{uuid.uuid4().hex[:8]}", storage_path=sweep_dir, verbose=0),
-        )
         done = {}
-        with quiet_tune():  # Tune's console table: the runner logs one line per scenario's sweep
-            results = tuner.fit()
+        # Ctrl-C stays the driver's: Tune's own handler would end the sweep quietly and return
+        # partial results (then "Resume with Tuner.restore"), instead of the runner's one line
+        # and exit 130; the finished trials' records are written either way
+        os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+        # Tune's state is never read back (a name of its own per driver run) and holds pickles
+        # of the config: kept off the run's storage, in a scratch folder dropped after the sweep
+        with tempfile.TemporaryDirectory(prefix="magmax-tune-") as scratch, quiet_tune():
+            tuner = tune.Tuner(
+                trainable,
+                param_space={"group": tune.grid_search(group_pairs(todo, max(1, groups)))},
+                tune_config=tune.TuneConfig(reuse_actors=True),
+                run_config=tune.RunConfig(name=f"tune-{uuid.uuid4().hex[:8]}", storage_path=scratch, verbose=0),
+            )
+            results = tuner.fit()  # (quiet_tune: the runner logs one line per scenario's sweep)
         for res_ in results:
             if res_.error is not None:
                 raise RuntimeError(f"sweep trial {res_.config} failed: {res_.error}")
