@@ -152,3 +152,76 @@ def test_ctrl_c_during_the_tune_sweep_is_one_line_and_exit_130(tiny_demo_run, tm
     assert "Traceback" not in err and "Tuner.restore" not in err + out, err[-3000:]
     assert not (storage_dir / "ctrl_c" / "summary.json").exists()
     assert not list((storage_dir / "checkpoints").rglob("*.epoch.safetensors"))  # nothing was fine-tuned
+
+
+class _Planted:
+    """A pickle that, when loaded, creates a file: proof that storage content ran as code."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_pickles_planted_in_the_sweep_state_never_run_through_the_entry_point(tiny_demo_run, tmp_path, monkeypatch):
+    # whoever can write the storage plants pickles wherever Tune keeps (or kept) state; a rerun
+    # that resumes the sweep reads its own JSON records and loads none of them
+    import pickle
+
+    from jobs import run_benchmark
+
+    monkeypatch.chdir(run_benchmark.ROOT)
+    storage_dir = tmp_path / "storage"
+    shutil.copytree(tiny_demo_run.storage, storage_dir)
+    before = read_run(storage_dir / "e2e" / "results")
+    shutil.rmtree(storage_dir / "e2e" / "results")  # the scenario runs again, its sweep from the records
+    sweeps = list((storage_dir / "ray_tune").glob("sweep-e2e-*"))
+    records = sorted(p for s in sweeps for p in (s / "trials").glob("*.json"))
+    assert sweeps and len(records) >= 4
+    for p in records[::2]:
+        p.unlink()  # half the trials left to run: Tune starts again
+    marker = tmp_path / "planted-pickle-ran"
+    payload = pickle.dumps(_Planted(str(marker)))
+    for s in sweeps:
+        for d in (s, s / "tune-planted", s / "tune-planted" / "trial_0"):
+            d.mkdir(parents=True, exist_ok=True)
+            for name in ("tuner.pkl", "trainable.pkl", "experiment_state.pkl", "params.pkl"):
+                (d / name).write_bytes(payload)
+
+    assert run_benchmark.main(tiny_demo_run.argv(storage_dir, "--no-report")) == 0
+    assert not marker.exists(), "a pickle from storage was loaded"
+    after = read_run(storage_dir / "e2e" / "results")
+    cols = ["method", "finetuning", "lam", "role", "after_task", "eval_task", "metric", "value"]
+    for role in ("final", "sweep"):
+        want = before[before.role == role][cols].sort_values(cols[:-1]).reset_index(drop=True)
+        got = after[after.role == role][cols].sort_values(cols[:-1]).reset_index(drop=True)
+        pd.testing.assert_frame_equal(got, want)
+    # Tune's own state stayed off the storage: only the records are there
+    assert not [p for s in sweeps for p in s.rglob("*.pkl") if "tune-planted" not in str(p)
+                and p.parent != s]
+
+
+def test_changed_data_is_refused_under_its_run_name_and_fine_tuned_again_under_another(
+        tiny_demo_run, demo_data_root, tmp_path, monkeypatch, capsys):
+    from jobs import run_benchmark
+
+    monkeypatch.chdir(run_benchmark.ROOT)
+    storage_dir, data = tmp_path / "storage", tmp_path / "data"
+    shutil.copytree(tiny_demo_run.storage, storage_dir)
+    shutil.copytree(demo_data_root, data)
+    for split in ("train", "test"):  # the probe: one class folder deleted, at the same path
+        shutil.rmtree(sorted((data / "demo_shapes" / split).iterdir())[0])
+
+    capsys.readouterr()
+    assert run_benchmark.main(tiny_demo_run.argv(storage_dir, f"data_root={data}", "--no-report")) == 2
+    err = capsys.readouterr().err
+    assert "differs in ['data of demo_shapes']" in err and "\n" not in err.strip()
+
+    # under a new name nothing trained on the old data is reused (the same data is: see the
+    # moved-storage and user-dataset runs)
+    assert run_benchmark.main(tiny_demo_run.argv(storage_dir, f"data_root={data}", "name=changed", "--plan")) == 0
+    out = capsys.readouterr().out
+    assert "0 cached, 5 to fine-tune" in out, out
+    assert run_benchmark.main(tiny_demo_run.argv(storage_dir, "name=same_data_new_name", "--plan")) == 0
+    assert "5 cached, 0 to fine-tune" in capsys.readouterr().out
