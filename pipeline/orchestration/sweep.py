@@ -149,7 +149,7 @@ def run_sweep(cfg: BenchmarkConfig, scenario: ScenarioConfig, merged_refs: dict[
         os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
         # Tune's state is never read back (a name of its own per driver run) and holds pickles
         # of the config: kept off the run's storage, in a scratch folder dropped after the sweep
-        with tempfile.TemporaryDirectory(prefix="magmax-tune-") as scratch, quiet_tune():
+        with tempfile.TemporaryDirectory(prefix="magmax-tune-", ignore_cleanup_errors=True) as scratch, quiet_tune():
             tuner = tune.Tuner(
                 trainable,
                 param_space={"group": tune.grid_search(group_pairs(todo, max(1, groups)))},
