@@ -118,8 +118,10 @@ def run_chain(
             store.save(task, state, metadata={"unit": unit.label, "task": str(task), **(metadata or {})})
             if ewc is not None:
                 # only the last finished task's Fisher is needed to resume; none once the chain is done
-                for old in ([tasks[i - 1]] if i > 0 else []) + ([task] if task == tasks[-1] else []):
-                    store.drop_fisher(old)
+                if i > 0:
+                    store.drop_fisher(tasks[i - 1])
+                if task == tasks[-1]:
+                    store.drop_fisher(task)
         if task == tasks[0]:
             first_state = state
         paths.append(store.task_file(task))

@@ -25,7 +25,8 @@ from pipeline.storage.paths import redact
 __all__ = ["BenchmarkConfig", "ConfigError", "DatasetConfig", "FinetuneConfig", "MergeConfig", "ModelConfig",
            "RayConfig", "ScenarioConfig", "DATASET_KINDS", "KNOWN_ANALYSES", "MERGE_POSTS", "PROFILES",
            "SCENARIO_KINDS", "config_hash", "config_yaml", "from_dict", "load_config", "load_suite",
-           "parse_overrides", "read_yaml", "redact", "result_identity", "save_config", "scenario_methods", "to_dict", "validate"]
+           "parse_overrides", "read_yaml", "redact", "result_identity", "save_config", "scenario_methods", "to_dict",
+           "validate"]
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> BenchmarkConfig:

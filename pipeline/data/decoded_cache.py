@@ -18,8 +18,8 @@ dataset's content fingerprint (``fingerprint.bundle_fingerprint``), the split an
 parameters, so changed data or another model size never reads a stale cache:
 ``<key>.u8`` (the images' bytes back to back, CHW), ``<key>.idx.npy`` (int64 rows: offset, C, H,
 W, label) and ``<key>.json`` (metadata; written last: its presence marks a complete cache).
-One process per node builds it under an ``fcntl`` lock on ``<key>.lock`` while the others wait;
-files are written under temporary names and renamed, so a crash leaves no half cache, and a
+One process per node builds it under an ``flock`` on ``<key>.lock`` (``storage.locked``) while the
+others wait; files are written under temporary names and renamed, so a crash leaves no half cache, and a
 builder that finds the cache complete after taking the lock just opens it.
 
 Opt-in: ``MAGMAX_DECODED_CACHE`` = ``off`` (default) | ``cpu`` (cache; crops on loader cores) |
@@ -28,15 +28,13 @@ Opt-in: ``MAGMAX_DECODED_CACHE`` = ``off`` (default) | ``cpu`` (cache; crops on 
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import fcntl
 import hashlib
 import json
 import os
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Iterator, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 import PIL
@@ -48,6 +46,7 @@ from torchvision.transforms import functional as F
 
 from pipeline.data.augment import PreCrop, SeededCrop, _cap, sample_seed
 from pipeline.data.fingerprint import bundle_fingerprint
+from pipeline.storage.files import locked
 
 ENV_MODE = "MAGMAX_DECODED_CACHE"
 ENV_DIR = "MAGMAX_CACHE_DIR"
@@ -151,17 +150,6 @@ def _complete(folder: Path, key: str) -> bool:
         return False
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """An exclusive ``flock`` on ``path`` (released when the holder exits, also by a crash)."""
-    with open(path, "a+") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-
-
 class _Source(Dataset):
     """``dataset`` read with ``transform`` in place of its own (in the build's loader workers)."""
 
@@ -219,7 +207,7 @@ def build_or_open(folder: str | os.PathLike, key: str, source: Dataset, meta: di
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     if not _complete(folder, key):
-        with _locked(folder / f"{key}.lock"):
+        with locked(folder / f"{key}.lock"):
             if not _complete(folder, key):
                 _write(folder, key, source, meta or {}, workers)
     return DecodedImages(folder, key)

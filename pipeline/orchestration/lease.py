@@ -2,11 +2,11 @@
 
 A lease is a small JSON file ``<unit folder>/lease.json`` (owner, expiry). On a local or shared
 filesystem every look-and-write (take, take over an expired one, renew, release) holds an
-exclusive ``flock`` on the folder's ``.leases.lock`` (kept: removing a lock file
-while another driver waits on it would break the lock), so two drivers never both hold a unit, also
-when both find the same expired lease. On object stores it is written when absent and read back
-(pyarrow offers no conditional put, so two drivers racing within one round trip may both train
-the unit: the writes are atomic and content-addressed, so the cost is time, never a wrong file). The holder renews its leases while its units train; a driver that
+exclusive lock on the folder's ``.leases.lock`` (``storage.locked``), so two drivers never both
+hold a unit, also when both find the same expired lease. On object stores it is written when
+absent and read back (pyarrow offers no conditional put, so two drivers racing within one round
+trip may both train the unit: the writes are atomic and content-addressed, so the cost is time,
+never a wrong file). The holder renews its leases while its units train; a driver that
 dies stops renewing, and after ``ttl_s`` another driver takes the unit over and resumes it from
 its last stored epoch; a lease whose holder ran on this host under a process id that no longer
 exists is stale at once (a killed driver rerun on the same machine does not wait out the TTL).
@@ -19,13 +19,11 @@ so that the first run to finish releases only its own.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import socket
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from pipeline import storage
@@ -105,21 +103,12 @@ class Leases:
             self.release(folder, part)
 
 
-@contextlib.contextmanager
-def _exclusive(path: str) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``.leases.lock`` in the lease's folder (a local or shared
-    filesystem; nothing on an object store, which has no locks)."""
+def _exclusive(path: str) -> contextlib.AbstractContextManager:
+    """An exclusive lock on the lease's folder (``.leases.lock``) on a local or shared filesystem;
+    none on an object store, which has no locks."""
     if storage.is_uri(path):
-        yield
-        return
-    folder = os.path.dirname(path) or "."
-    os.makedirs(folder, exist_ok=True)
-    fd = os.open(os.path.join(folder, LOCK_FILE), os.O_CREAT | os.O_RDWR, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # (closing releases the lock)
+        return contextlib.nullcontext()
+    return storage.locked(os.path.join(os.path.dirname(path) or ".", LOCK_FILE))
 
 
 def _dead_here(owner: str) -> bool:

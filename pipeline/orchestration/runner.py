@@ -24,7 +24,7 @@ import yaml
 from pipeline import methods as method_table
 from pipeline import storage
 from pipeline.config import (BenchmarkConfig, ConfigError, ScenarioConfig, config_yaml, from_dict, redact,
-                             result_identity, to_dict)
+                             result_identity)
 from pipeline.data import DatasetNotFoundError, fingerprint, load_dataset, registry
 from pipeline.data.demo_world import write_image_folder
 from pipeline.data.synthetic import TINY_WRITERS, write_tiny_datasets

@@ -7,6 +7,7 @@ Local writes go through a temp file in the same folder and ``os.replace``; objec
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import io
 import os
 import tempfile
@@ -17,6 +18,20 @@ from typing import BinaryIO
 import pyarrow.fs as pafs
 
 from pipeline.storage.paths import filesystem, is_local, join, shown
+
+
+@contextlib.contextmanager
+def locked(path: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on the local file ``path`` (created if absent and kept: removing
+    a lock file another process waits on would break the lock); released on exit, also by a crash."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
 def exists(path: str | os.PathLike) -> bool:
